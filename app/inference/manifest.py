@@ -1,0 +1,113 @@
+"""``models/<name>/model.json``: what a shipped model is, how it was made, how good it is.
+
+Written by training/export.py, read by the registry. The model version is derived from the
+ONNX file's hash, so a response always says exactly which file answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "model.json"
+ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
+
+
+class FeatureSpec(BaseModel):
+    spec: Literal["ef", "pa", "ef+pa"]
+    version: str
+    width: int
+    elements: list[str]  # the element set (for ef: the column order) a formula must stay inside
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str  # ibrnet | brnet | irnet | elemnet | ensemble of one of them
+    parameters: int
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Output(BaseModel):
+    # point: y is [n, 1]; ensemble: y is [n, 2] = mean and standard deviation over members
+    kind: Literal["point", "ensemble"] = "point"
+    members: int = 1
+
+
+class SplitMetrics(BaseModel):
+    mae: float
+    rmse: float
+    r2: float
+    n: int
+
+
+class DatasetInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    source: str
+    sizes: dict[str, int]  # split -> rows used
+    sha256: dict[str, str]  # split -> file hash
+    skipped_rows: dict[str, int] = Field(default_factory=dict)
+
+
+class TrainingInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    command: str
+    seed: int
+    epochs: int | None = None
+    best_epoch: int | None = None
+    wall_time_s: float | None = None
+    hardware: str | None = None
+
+
+class Variant(BaseModel):
+    file: str
+    sha256: str
+    quantization: Literal["int8"]
+    metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    property: str  # snake_case, e.g. formation_enthalpy
+    unit: str
+    description: str = ""
+    features: FeatureSpec
+    architecture: Architecture
+    output: Output = Field(default_factory=Output)
+    dataset: DatasetInfo
+    metrics: dict[str, SplitMetrics]  # split -> metrics; "test" is the headline
+    training: TrainingInfo
+    onnx_sha256: str
+    variants: dict[str, Variant] = Field(default_factory=dict)  # e.g. {"int8": ...}
+    created: str
+    citations: list[str] = Field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return version_from_sha256(self.onnx_sha256)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelManifest:
+        return cls.model_validate_json((model_dir / MANIFEST_FILE).read_text())
+
+    def save(self, model_dir: Path) -> None:
+        text = json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
+        (model_dir / MANIFEST_FILE).write_text(text + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def version_from_sha256(sha256: str) -> str:
+    return sha256[:12]

@@ -1,0 +1,57 @@
+"""Service settings: one class, read from the environment (prefix IBRNET_), refused early when bad."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository's models/ folder; containers and installed copies point IBRNET_MODELS_DIR elsewhere.
+REPOSITORY_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (affinity), not the host's count: ORT would oversubscribe."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IBRNET_", extra="ignore")
+
+    models_dir: Path = REPOSITORY_MODELS_DIR
+    database_url: str = "sqlite:///./ibrnet.db"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Serve the int8 variant of a model on CPU when it ships one (issue 4: within 2% of fp32).
+    prefer_int8_on_cpu: bool = False
+
+    max_batch_items: int = Field(100_000, ge=1)
+    max_formula_length: int = Field(256, ge=8, le=10_000)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    # Dynamic batching: one ONNX Runtime call takes at most BATCH_MAX_SIZE rows and waits at
+    # most BATCH_MAX_WAIT_MS for company after the first request arrives.
+    batch_max_size: int = Field(1024, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
+
+    # Screening jobs: rows per committed chunk.
+    screen_chunk_size: int = Field(4096, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"IBRNET_DATABASE_URL must be sqlite:// or postgresql://, got {value!r}")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
