@@ -1,0 +1,116 @@
+"""The ``ibrnet`` command. Argument contracts live here; each command's work lives beside its code.
+
+Handlers are imported lazily so that ``ibrnet predict`` never imports torch and ``ibrnet train``
+never imports FastAPI. A handler is ``run(args: argparse.Namespace) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> "module:function"
+HANDLERS: dict[str, str] = {
+    "serve": "app.commands.serve:run",
+    "predict": "app.commands.predict:run",
+    "screen": "app.screening.cli:run",
+    "train": "training.train:run",
+    "export": "training.export:run",
+    "evaluate": "training.evaluate:run",
+    "compare": "training.compare:run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ibrnet", description="Materials property prediction from chemical formulas."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--models", help="model directory (default: IBRNET_MODELS_DIR)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (default: IBRNET_DATABASE_URL)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
+    predict = commands.add_parser("predict", help="predict formulas locally, no server needed")
+    predict.add_argument("formulas", nargs="+", metavar="FORMULA")
+    predict.add_argument("--models", help="model directory (default: IBRNET_MODELS_DIR)")
+    predict.add_argument("--properties", nargs="*", help="only these properties")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    screen = commands.add_parser("screen", help="screen many compositions, locally or on Dask")
+    screen.add_argument("--input", help="CSV or Parquet file with a formula column")
+    screen.add_argument("--formula-column", default="formula")
+    screen.add_argument("--chemsys", help='chemical system to enumerate, e.g. "Li-Fe-P-O"')
+    screen.add_argument("--max-atoms", type=int, default=6, help="atoms per reduced formula")
+    screen.add_argument("--no-subsystems", action="store_true", help="only compositions with every element")
+    screen.add_argument("--properties", nargs="*")
+    screen.add_argument("--sort-by")
+    screen.add_argument("--descending", action="store_true")
+    screen.add_argument("--top-k", type=int)
+    screen.add_argument("--out", required=True, help="results file (.csv or .parquet)")
+    screen.add_argument("--models", help="model directory (default: IBRNET_MODELS_DIR)")
+    screen.add_argument("--dask", help="local:N for a local cluster, or a scheduler address tcp://host:8786")
+    screen.add_argument("--partition-size", type=int, default=50_000)
+
+    train = commands.add_parser("train", help="train a network (needs the train extra)")
+    train.add_argument("--data", required=True, help="packaged dataset name or a CSV file")
+    train.add_argument("--arch", default="ibrnet", choices=["ibrnet", "brnet", "irnet", "elemnet"])
+    train.add_argument("--features", default="ef", choices=["ef", "pa", "ef+pa"])
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--epochs", type=int, default=3000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    train.add_argument("--limit", type=int, help="use at most this many training rows")
+
+    export = commands.add_parser("export", help="export a trained run to ONNX + manifest")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, help="model directory to write")
+    export.add_argument("--name", help="model name (default: the output folder's name)")
+    export.add_argument("--quantize", choices=["int8"], help="also write a quantized variant")
+
+    evaluate = commands.add_parser("evaluate", help="score a model directory on a dataset split")
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
+    evaluate.add_argument("--data", required=True, help="packaged dataset name or a CSV file")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--json", action="store_true")
+
+    compare = commands.add_parser("compare", help="train several architectures, print a table")
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--arch", nargs="+", default=["ibrnet", "brnet", "irnet", "elemnet", "rf"])
+    compare.add_argument("--features", default="ef", choices=["ef", "pa", "ef+pa"])
+    compare.add_argument("--out", required=True, help="folder for the runs and the table")
+    compare.add_argument("--epochs", type=int, default=3000)
+    compare.add_argument("--batch-size", type=int, default=32)
+    compare.add_argument("--lr", type=float, default=1e-4)
+    compare.add_argument("--device", default="auto")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--limit", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, function_name = HANDLERS[args.command].split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+    except ModuleNotFoundError as error:
+        if error.name == "torch":
+            print(
+                "ibrnet: this command needs the training tools: pip install 'ibrnet-service[train]'",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
