@@ -9,14 +9,17 @@ CONTRACT:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 import numpy as np
 
 from app.chemistry.elements import EF_ELEMENT_SET, EF_ELEMENTS
 from app.chemistry.formula import ParsedFormula
+from app.chemistry.physical_attributes import PhysicalAttributeFeaturizer
+from app.chemistry.ragged import RaggedBatch
 
 FEATURE_SPECS: tuple[str, ...] = ("ef", "pa", "ef+pa")
 
@@ -25,7 +28,9 @@ class Featurizer(Protocol):
     name: str
     version: str
     labels: tuple[str, ...]
-    elements: frozenset[str]
+
+    @property
+    def elements(self) -> frozenset[str]: ...
 
     @property
     def width(self) -> int: ...
@@ -33,15 +38,13 @@ class Featurizer(Protocol):
     def transform(self, formulas: Sequence[ParsedFormula], dtype: type = np.float32) -> np.ndarray: ...
 
 
-def flatten(formulas: Sequence[ParsedFormula]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Ragged batch -> (row index per entry, element symbol per entry, fraction per entry)."""
-    counts = np.fromiter((len(f.elements) for f in formulas), dtype=np.int64, count=len(formulas))
-    rows = np.repeat(np.arange(len(formulas)), counts)
-    symbols = [symbol for f in formulas for symbol in f.elements]
-    fractions = np.fromiter(
-        (x for f in formulas for x in f.fractions), dtype=np.float64, count=int(counts.sum())
-    )
-    return rows, symbols, fractions
+class BatchFeaturizer(Featurizer, Protocol):
+    """A featurizer that can work on an already flattened batch (lets ``ef+pa`` flatten once)."""
+
+    def transform_batch(self, batch: RaggedBatch) -> np.ndarray: ...
+
+
+_EF_COLUMN: dict[str, int] = {symbol: i for i, symbol in enumerate(EF_ELEMENTS)}
 
 
 @dataclass(frozen=True)
@@ -58,20 +61,63 @@ class ElementFractionFeaturizer:
         return len(self.labels)
 
     def transform(self, formulas: Sequence[ParsedFormula], dtype: type = np.float32) -> np.ndarray:
-        column = {symbol: i for i, symbol in enumerate(EF_ELEMENTS)}
-        rows, symbols, fractions = flatten(formulas)
-        out = np.zeros((len(formulas), self.width), dtype=np.float64)
-        # KeyError here means a caller skipped validation against ``elements``.
-        columns = np.fromiter((column[s] for s in symbols), dtype=np.int64, count=len(symbols))
-        np.add.at(out, (rows, columns), fractions)
-        return out.astype(dtype, copy=False)
+        return self.transform_batch(RaggedBatch.from_formulas(formulas)).astype(dtype, copy=False)
+
+    def transform_batch(self, batch: RaggedBatch) -> np.ndarray:
+        columns = batch.element_indices(_EF_COLUMN, self.name)
+        # bincount on flat (row, column) cells: adds, so a repeated element still sums correctly.
+        cells = np.bincount(
+            batch.rows * self.width + columns, weights=batch.fractions, minlength=len(batch) * self.width
+        )
+        return cells.reshape(len(batch), self.width)
 
 
-_REGISTRY: dict[str, Featurizer] = {"ef": ElementFractionFeaturizer()}
+@dataclass(frozen=True, eq=False)
+class ConcatenatedFeaturizer:
+    """Several featurizers side by side, e.g. ``ef+pa`` = the EF vector followed by the PA vector."""
+
+    parts: tuple[BatchFeaturizer, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.parts)
+
+    @property
+    def version(self) -> str:
+        return "+".join(p.version for p in self.parts)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for p in self.parts for label in p.labels)
+
+    @property
+    def elements(self) -> frozenset[str]:
+        return frozenset.intersection(*(p.elements for p in self.parts))
+
+    @property
+    def width(self) -> int:
+        return sum(p.width for p in self.parts)
+
+    def transform(self, formulas: Sequence[ParsedFormula], dtype: type = np.float32) -> np.ndarray:
+        return self.transform_batch(RaggedBatch.from_formulas(formulas)).astype(dtype, copy=False)
+
+    def transform_batch(self, batch: RaggedBatch) -> np.ndarray:
+        return np.concatenate([p.transform_batch(batch) for p in self.parts], axis=1)
 
 
-def get_featurizer(spec: str) -> Featurizer:
+# Built on first use: PA reads its element table from package data.
+_FACTORIES: dict[str, Callable[[], BatchFeaturizer]] = {
+    "ef": ElementFractionFeaturizer,
+    "pa": PhysicalAttributeFeaturizer,
+    "ef+pa": lambda: ConcatenatedFeaturizer((get_featurizer("ef"), get_featurizer("pa"))),
+}
+assert tuple(_FACTORIES) == FEATURE_SPECS
+
+
+@cache
+def get_featurizer(spec: str) -> BatchFeaturizer:
     try:
-        return _REGISTRY[spec]
+        factory = _FACTORIES[spec]
     except KeyError:
         raise ValueError(f"unknown feature set {spec!r}; choose one of {FEATURE_SPECS}") from None
+    return factory()
