@@ -1,0 +1,115 @@
+"""SQLAlchemy engine and schema for the prediction cache and screening jobs.
+
+SQLite (a file, WAL) is the default; PostgreSQL is used through psycopg 3. Nothing here runs at
+import time: the service and the tests build engines from their own settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import StaticPool
+
+# A dead or unreachable PostgreSQL must fail a request's cache lookup fast, not hang it.
+CONNECT_TIMEOUT_S = 2
+# SQLite writers wait this long for another writer (another process, the CacheWriter) to finish.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+# Any constant shared by every process of the service: they serialize schema creation on it.
+_SCHEMA_LOCK_KEY = 0x1B2E7
+# Modules whose tables live on Base.metadata; create_schema imports them so no table is forgotten.
+TABLE_MODULES = ("app.store.predictions", "app.store.jobs")
+# Each retry of create_schema gets past at least one object another process created meanwhile.
+_SCHEMA_ATTEMPTS = 10
+
+
+class Base(DeclarativeBase):
+    """The one metadata for every table of the service."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or refused the operation; callers carry on without it."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a sqlite:// or postgresql:// URL, tuned for the service (see module notes)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2, which we don't ship
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        # pre_ping: a connection the server dropped (restart, failover) is replaced, not handed out.
+        return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    in_memory = not database or database == ":memory:"
+    engine = create_engine(
+        url,
+        # The CacheWriter thread and request threads share the pool.
+        connect_args={"check_same_thread": False},
+        # Every new connection to :memory: is a new empty database: keep exactly one.
+        poolclass=StaticPool if in_memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if not in_memory:
+                # WAL: readers never wait for the writer; NORMAL sync is durable enough in WAL mode
+                # (a power cut can lose the last commits, never corrupt the file) and much faster.
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every missing table; idempotent and safe when several processes start at once.
+
+    PostgreSQL: the processes take turns on an advisory lock. SQLite has no such lock, and
+    create_all checks then creates, so a process can lose the race between the two; it then
+    gets "already exists" and simply checks again.
+    """
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                Base.metadata.create_all(connection)
+            return
+        except DBAPIError as error:
+            if _already_exists(error) and attempt + 1 < _SCHEMA_ATTEMPTS:
+                continue
+            raise StoreUnavailable(f"cannot create the schema: {describe(error)}") from error
+
+
+def _already_exists(error: DBAPIError) -> bool:
+    # SQLite: "table x already exists"; PostgreSQL: DuplicateTable/DuplicateObject ("already
+    # exists") or, for a CREATE racing another one, a unique violation in the catalog.
+    message = str(error.orig).lower()
+    return "already exists" in message or "pg_type_typname_nsp_index" in message
+
+
+def describe(error: BaseException) -> str:
+    """One line for logs and /ready: the driver's message without SQLAlchemy's SQL dump."""
+    original = getattr(error, "orig", None) or error
+    first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"{type(original).__name__}: {first_line}" if first_line else type(original).__name__
