@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--models", help="model directory (default: IBRNET_MODELS_DIR)")
     screen.add_argument("--dask", help="local:N for a local cluster, or a scheduler address tcp://host:8786")
     screen.add_argument("--partition-size", type=int, default=50_000)
+    screen.add_argument(
+        "--filter", action="append", metavar="PROP:MIN:MAX[:MAXUNC]", help='e.g. "formation_enthalpy::0"'
+    )
+    screen.add_argument("--max-uncertainty", type=float, help="drop rows less certain than this")
+    screen.add_argument("--threads", type=int, help="ORT threads per model session (per Dask worker)")
+    screen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = commands.add_parser("train", help="train a network (needs the train extra)")
     train.add_argument("--data", required=True, help="packaged dataset name or a CSV file")
@@ -68,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    train.add_argument("--limit", type=int, help="use at most this many training rows")
+    train.add_argument("--limit", type=int, help="use at most this many rows of each split (seeded subset)")
+    _add_training_options(train)
+    train.add_argument("--no-target-scaling", action="store_true", help="no train mean/std on the output")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     export = commands.add_parser("export", help="export a trained run to ONNX + manifest")
-    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="one run, or several for an ensemble")
     export.add_argument("--out", required=True, help="model directory to write")
     export.add_argument("--name", help="model name (default: the output folder's name)")
     export.add_argument("--quantize", choices=["int8"], help="also write a quantized variant")
@@ -81,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="packaged dataset name or a CSV file")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--limit", type=int, help="at most this many rows (the subset train --limit used)")
+    evaluate.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX file")
+    _add_data_options(evaluate)
 
     compare = commands.add_parser("compare", help="train several architectures, print a table")
     compare.add_argument("--data", required=True)
@@ -93,7 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--limit", type=int)
+    _add_training_options(compare)
+    compare.add_argument("--rf-trees", type=int, default=100, help="trees of the random-forest baseline")
+    compare.add_argument("--rf-features", default="pa", choices=["ef", "pa", "ef+pa"])
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--formula-column", default="formula", help="CSV column with the formulas")
+    parser.add_argument("--target-column", help="CSV column with the target (default: target)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patience-es", type=int, default=50, help="EarlyStopping patience (epochs)")
+    parser.add_argument("--patience-rlrop", type=int, default=45, help="ReduceLROnPlateau patience (epochs)")
+    parser.add_argument("--time-limit-min", type=float, help="stop cleanly after this many minutes")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+    parser.add_argument(
+        "--outlier-iqr",
+        type=float,
+        default=10.0,
+        help="drop TRAIN rows with a target outside [Q1-k*IQR, Q3+k*IQR]; 0 keeps all",
+    )
+    parser.add_argument("--property", help="property key for a CSV dataset (default: the target column)")
+    parser.add_argument("--unit", help="unit of a CSV dataset's target")
+    _add_data_options(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
 
     # Screening jobs: rows per committed chunk.
     screen_chunk_size: int = Field(4096, ge=1)
+    # Largest screen one job may hold (enumerated compositions or uploaded formulas).
+    screen_max_compositions: int = Field(10_000_000, ge=1)
+    # ORT threads of the job runner's own sessions (0: half of INTRA_OP_THREADS, at least 1), so a
+    # big job leaves CPU to interactive /predict; and a pause between chunks for the same reason.
+    screen_intra_op_threads: int = Field(0, ge=0)
+    screen_chunk_pause_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    # A running job whose runner has not committed for this long (killed) is taken over.
+    screen_lease_s: float = Field(30.0, gt=0.0)
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,151 @@
+"""The one place where failures become HTTP answers: ``{"error": {"code", "message", ...}}``.
+
+Domain errors are raised deep (parser, registry, limits) and carry their code and status;
+FastAPI's validation errors, Starlette's 404/405 and anything unexpected are translated here
+so that every error body has the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Scope
+
+from app.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+# A batch of 100,000 wrong-typed items must not produce a 100,000-entry error body.
+MAX_LISTED_ERRORS = 10
+
+# What FastAPI raises (HTTP 400) when it cannot even decode the body.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps({"error": error}),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def route_label(scope: Scope) -> str:
+    """The route template (/screen/{job_id}), never the raw path: bounded metric cardinality."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def record_failure(scope: Scope, code: str) -> None:
+    app = scope.get("app")
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    if metrics is not None:
+        metrics.http_failures.labels(route=route_label(scope), code=code).inc()
+
+
+def field_name(location: Sequence[str | int]) -> str:
+    """("body", "formulas", 3) -> "formulas[3]"; the body itself -> "body"."""
+    parts = list(
+        location[1:] if location and location[0] in ("body", "query", "path", "header") else location
+    )
+    if not parts:
+        return str(location[0]) if location else "body"
+    name = str(parts[0])
+    for part in parts[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+async def _domain_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, DomainError)
+    record_failure(request.scope, error.code)
+    return error_response(error.status_code, error.to_dict())
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    problems = error.errors()
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        problem = next(p for p in problems if p.get("type") == "json_invalid")
+        detail = (problem.get("ctx") or {}).get("error", "")
+        record_failure(request.scope, "invalid_json")
+        return error_response(
+            400,
+            {"code": "invalid_json", "message": f"the request body is not valid JSON: {detail}".rstrip(": ")},
+        )
+    listed = [
+        {
+            "field": field_name(problem.get("loc", ())),
+            "message": problem.get("msg", ""),
+            "type": problem.get("type"),
+        }
+        for problem in problems[:MAX_LISTED_ERRORS]
+    ]
+    first = listed[0] if listed else {"field": "body", "message": "invalid request"}
+    first_type = problems[0].get("type") if problems else None
+    if first["field"] == "body" and first_type == "missing":
+        message = "the request body is missing (send a JSON object)"
+    elif first["field"] == "body" and first_type in ("model_attributes_type", "dict_type", "model_type"):
+        message = "the request body must be a JSON object"
+    else:
+        message = f"{first['field']}: {first['message']}"
+    record_failure(request.scope, "invalid_request")
+    return error_response(
+        422,
+        {
+            "code": "invalid_request",
+            "message": message,
+            "field": first["field"],
+            "errors": listed,
+            "error_count": len(problems),
+        },
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    code = _HTTP_CODES.get(error.status_code, "http_error")
+    if error.status_code == 404 and error.detail in (None, "Not Found"):
+        message = f"no such resource: {request.method} {request.url.path}"
+    elif error.status_code == 400 and error.detail == FASTAPI_BODY_PARSE_ERROR:
+        # FastAPI's answer to a body it cannot decode (not UTF-8, for one): a JSON problem too.
+        code, message = "invalid_json", "the request body could not be read as UTF-8 JSON"
+    elif error.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(error.detail)
+    record_failure(request.scope, code)
+    return error_response(error.status_code, {"code": code, "message": message}, headers=error.headers)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    # A bug, not an input problem: log it with the traceback, answer without internals.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    record_failure(request.scope, "internal_error")
+    return error_response(500, {"code": "internal_error", "message": "internal error; see the service log"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

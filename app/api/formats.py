@@ -1,0 +1,118 @@
+"""Response bodies of the prediction endpoints: JSON in one piece, CSV and NDJSON streamed.
+
+orjson serialises the result dataclasses directly (no per-row dict or pydantic object), which
+is what keeps a 100,000-formula answer cheap next to the model's own work.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+import orjson
+from starlette.responses import Response
+
+from app.errors import DomainError
+from app.inference.predictor import ItemError, PredictionResult, Result
+from app.inference.registry import LoadedModel
+
+Format = Literal["json", "csv", "ndjson"]
+MEDIA_TYPES: dict[Format, str] = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "ndjson": "application/x-ndjson",
+}
+_ACCEPTED: dict[str, Format] = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+}
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, DomainError):
+        return value.to_dict()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(payload: Any) -> bytes:
+    return orjson.dumps(payload, default=_default)
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    return Response(dumps(payload), status_code=status_code, media_type="application/json")
+
+
+def negotiate(accept: str | None) -> Format:
+    """The client's preferred format among ours by q-value (then by order); JSON otherwise."""
+    best: tuple[float, int, Format] | None = None
+    for position, item in enumerate((accept or "").split(",")):
+        media_type, *parameters = (part.strip() for part in item.split(";"))
+        chosen = _ACCEPTED.get(media_type.lower())
+        if chosen is None:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            name, _, number = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(number)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, position, chosen)
+    return best[2] if best else "json"
+
+
+async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield b"".join(dumps(result) + b"\n" for result in chunk)
+
+
+def csv_header(models: Sequence[LoadedModel]) -> list[str]:
+    header = ["formula", "composition"]
+    for model in models:
+        name = model.property
+        header += [
+            name,
+            f"{name}_uncertainty",
+            f"{name}_unit",
+            f"{name}_model",
+            f"{name}_version",
+            f"{name}_cached",
+        ]
+    return [*header, "error_code", "error_message"]
+
+
+def csv_row(result: Result, models: Sequence[LoadedModel]) -> list[Any]:
+    if isinstance(result, ItemError):
+        return [result.formula, "", *([""] * 6 * len(models)), result.error.code, result.error.message]
+    assert isinstance(result, PredictionResult)
+    row: list[Any] = [result.formula, result.composition]
+    for model in models:
+        p = result.predictions[model.property]
+        row += [
+            "" if p.value is None else repr(p.value),
+            "" if p.uncertainty is None else repr(p.uncertainty),
+            p.unit,
+            p.model,
+            p.version,
+            "true" if p.cached else "false",
+        ]
+    return [*row, "", ""]
+
+
+async def stream_csv(
+    chunks: AsyncIterator[list[Result]], models: Sequence[LoadedModel]
+) -> AsyncIterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(csv_header(models))
+    async for chunk in chunks:
+        writer.writerows(csv_row(result, models) for result in chunk)
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()

@@ -1,0 +1,101 @@
+"""POST /predict and POST /predict/batch (JSON, or CSV / NDJSON streamed by Accept).
+
+These two routes are the hot path, so they read and validate the body themselves: pydantic-core
+parses and checks the JSON bytes in one step (``model_validate_json``), and FastAPI's generic
+parameter and dependency resolution is skipped. The request schemas are still published in
+OpenAPI (``openapi_extra``), and validation errors still go through app.api.errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from app.api.formats import MEDIA_TYPES, json_response, negotiate, stream_csv, stream_ndjson
+from app.errors import PayloadTooLargeError
+from app.inference.predictor import Predictor, Result
+from app.schemas import (
+    ERROR_RESPONSES,
+    BatchPredictionPublic,
+    BatchPredictRequest,
+    PredictionPublic,
+    PredictRequest,
+)
+from app.settings import Settings
+
+router = APIRouter(tags=["predict"])
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+_BATCH_CONTENT = {
+    "text/csv": {"schema": {"type": "string"}, "example": "formula,composition,band_gap,...\n"},
+    "application/x-ndjson": {"schema": {"type": "string"}, "example": '{"formula": "Fe2O3", ...}\n'},
+}
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def read_body(request: Request, model: type[_Body]) -> _Body:
+    """The JSON body validated against ``model``; errors raised the way FastAPI raises them."""
+    raw = await request.body()
+    if not raw.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems]) from None
+
+
+@router.post(
+    "/predict",
+    response_model=PredictionPublic,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_request_body(PredictRequest),
+)
+async def predict(request: Request) -> Response:
+    """Predict every requested property of one formula."""
+    body = await read_body(request, PredictRequest)
+    predictor: Predictor = request.app.state.predictor
+    return json_response(await predictor.predict_one(body.formula, body.properties))
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictionPublic,
+    responses={200: {"content": _BATCH_CONTENT}, **ERROR_RESPONSES},
+    openapi_extra=_request_body(BatchPredictRequest),
+)
+async def predict_batch(request: Request) -> Response:
+    """Predict many formulas; results in input order, a bad formula becomes an item with an error.
+
+    `Accept: text/csv` or `application/x-ndjson` streams the rows as they are computed.
+    """
+    body = await read_body(request, BatchPredictRequest)
+    settings: Settings = request.app.state.settings
+    predictor: Predictor = request.app.state.predictor
+    if len(body.formulas) > settings.max_batch_items:
+        raise PayloadTooLargeError(
+            "too_many_items",
+            f"{len(body.formulas)} formulas in one batch; the limit is {settings.max_batch_items}",
+            limit=settings.max_batch_items,
+            count=len(body.formulas),
+        )
+    models = predictor.resolve(body.properties)  # unknown properties fail here, before any output
+    chunks = predictor.predict_chunks(body.formulas, models)
+    response_format = negotiate(request.headers.get("accept"))
+    if response_format == "csv":
+        return StreamingResponse(stream_csv(chunks, models), media_type=MEDIA_TYPES["csv"])
+    if response_format == "ndjson":
+        return StreamingResponse(stream_ndjson(chunks), media_type=MEDIA_TYPES["ndjson"])
+    results: list[Result] = []
+    async for chunk in chunks:
+        results.extend(chunk)
+    return json_response({"results": results})

@@ -1,0 +1,117 @@
+"""``ibrnet predict FORMULA...``: predictions without a server or a database.
+
+The same registry, parser and featurizer as the service, calling ONNX Runtime directly.
+Exit status 1 when any formula was refused (each refusal is shown on its row with its code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from app.errors import DomainError
+from app.inference.predictor import (
+    ItemError,
+    PredictionResult,
+    Predictor,
+    PropertyPrediction,
+    allowed_elements,
+)
+from app.inference.registry import ModelRegistry
+from app.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    models_dir = Path(args.models) if args.models else settings.models_dir
+    registry = ModelRegistry.load(
+        models_dir,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
+        warmup_rows=1,
+    )
+    for folder, reason in registry.failures.items():
+        print(f"ibrnet: skipped model {folder}: {reason}", file=sys.stderr)
+    predictor = Predictor(registry, max_formula_length=settings.max_formula_length)
+    try:
+        models = predictor.resolve(args.properties or None)
+    except DomainError as error:
+        print(f"ibrnet: {error.code}: {error.message}", file=sys.stderr)
+        return 2
+
+    results = predict(predictor, args.formulas, [model.property for model in models])
+    if args.json:
+        print(json.dumps({"results": [result.to_dict() for result in results]}, indent=2, ensure_ascii=False))
+    else:
+        print(render_table(results, [model.property for model in models]))
+    return 1 if any(isinstance(result, ItemError) for result in results) else 0
+
+
+def predict(
+    predictor: Predictor, formulas: list[str], properties: list[str]
+) -> list[PredictionResult | ItemError]:
+    models = predictor.resolve(properties)
+    allowed = allowed_elements(models)
+    parsed = [predictor.parse(text, allowed) for text in formulas]
+    good = [item for item in parsed if not isinstance(item, DomainError)]
+    outputs = predictor.predict_parsed(good, properties)
+    results: list[PredictionResult | ItemError] = []
+    row = 0
+    for text, item in zip(formulas, parsed, strict=True):
+        if isinstance(item, DomainError):
+            results.append(ItemError(text, item))
+            continue
+        predictions = {}
+        for model in models:
+            value, uncertainty = (float(v) for v in outputs[model.property][row])
+            predictions[model.property] = PropertyPrediction(
+                value,
+                model.unit,
+                model.name,
+                model.version,
+                None if math.isnan(uncertainty) else uncertainty,
+                False,
+            )
+        results.append(PredictionResult(text, item.canonical_key, predictions))
+        row += 1
+    return results
+
+
+def render_table(results: list[PredictionResult | ItemError], properties: list[str]) -> str:
+    units = {}
+    for result in results:
+        if isinstance(result, PredictionResult):
+            units = {name: p.unit for name, p in result.predictions.items()}
+            break
+    header = ["formula", "composition", *(f"{name} ({units.get(name, '?')})" for name in properties)]
+    rows: list[list[str]] = []
+    for result in results:
+        if isinstance(result, ItemError):
+            rows.append([result.formula, f"error {result.error.code}: {result.error.message}"])
+        else:
+            rows.append(
+                [result.formula, result.composition, *(_cell(result.predictions[n]) for n in properties)]
+            )
+    widths = [len(title) for title in header]
+    for row in rows:
+        if len(row) == len(header):
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        if len(row) == len(header):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        else:  # an error row: formula, then the message across the remaining columns
+            lines.append(f"{row[0].ljust(widths[0])}  {row[1]}")
+    return "\n".join(lines)
+
+
+def _cell(prediction: PropertyPrediction) -> str:
+    if prediction.value is None:
+        return "n/a"
+    text = f"{prediction.value:.4f}"
+    return f"{text} ± {prediction.uncertainty:.4f}" if prediction.uncertainty is not None else text

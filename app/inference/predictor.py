@@ -1,0 +1,241 @@
+"""Formulas in, predictions out: parse once, then let each model's batcher do the rest.
+
+``predict_chunks`` is the one pipeline behind /predict, /predict/batch and their streamed
+forms. Each formula is parsed once (checked against the elements every requested model
+accepts); the distinct compositions go to each model's DynamicBatcher, which looks them up in
+the cache, computes the misses and hands new rows to the writer, per batch. Large inputs go
+through in chunks: while ONNX Runtime works on one chunk (without the GIL), the next one is
+parsed, so a large batch keeps the model busy instead of alternating between Python and ORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, parse_formula
+from app.errors import DomainError
+from app.inference.batcher import DynamicBatcher
+from app.inference.cache import PredictionCache
+from app.inference.metrics import ServiceMetrics
+from app.inference.registry import LoadedModel, ModelRegistry
+from app.inference.results import ItemError, PredictionResult, PropertyPrediction, Result
+from app.store.predictions import PredictionStore
+from app.store.writer import CacheWriter
+
+__all__ = ["ItemError", "PredictionResult", "Predictor", "PropertyPrediction", "Result", "allowed_elements"]
+
+logger = logging.getLogger(__name__)
+
+# Formulas per pipeline step: large enough that per-chunk overhead (a cache query, a task) is
+# noise, small enough that parsing the next chunk overlaps the model's work on this one.
+CHUNK_SIZE = 1024
+# Chunks in flight at once: bounds memory for a 100,000-formula batch while keeping ORT fed.
+PIPELINE_DEPTH = 4
+# Chunks up to this size are parsed on the event loop; larger ones in a thread, so that a big
+# batch never stalls the single-formula requests sharing the loop for long.
+INLINE_PARSE_LIMIT = 32
+# Repeated formulas (dashboards, retries, warm caches) skip the parser; bounded memory.
+PARSE_MEMO_SIZE = 65_536
+# Rows per direct ORT call on the synchronous path (screening, CLI).
+DIRECT_CHUNK_SIZE = 8192
+
+
+class InferenceFailed(DomainError):
+    status_code = 503
+
+
+class Predictor:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: PredictionStore | None = None,
+        writer: CacheWriter | None = None,
+        batchers: Mapping[str, DynamicBatcher] | None = None,
+        metrics: ServiceMetrics | None = None,
+        *,
+        cache: PredictionCache | None = None,
+        max_formula_length: int = MAX_FORMULA_LENGTH,
+    ) -> None:
+        """Without a store (CLI, screening workers) nothing is cached; without batchers only the
+        synchronous ``predict_parsed`` path is available. The batchers do the cache lookups:
+        give them and the predictor the same ``cache`` (see ``Services.start``)."""
+        self.registry = registry
+        self.metrics = metrics or ServiceMetrics()
+        if cache is None and store is not None:
+            cache = PredictionCache(store, writer, self.metrics)
+        self.cache = cache
+        self.batchers = dict(batchers or {})
+        self.max_formula_length = max_formula_length
+        self._parse = lru_cache(maxsize=PARSE_MEMO_SIZE)(self._parse_uncached)
+        self._plans = lru_cache(maxsize=256)(self._plan_uncached)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    # -- which models ------------------------------------------------------------------------
+
+    def resolve(self, properties: Sequence[str] | None) -> list[LoadedModel]:
+        """Models for ``properties`` (all when None); raises unknown_property before any work."""
+        return list(self._plan(properties)[0])
+
+    def _plan(self, properties: Sequence[str] | None) -> tuple[tuple[LoadedModel, ...], frozenset[str]]:
+        return self._plans(None if properties is None else tuple(properties))
+
+    def _plan_uncached(
+        self, properties: tuple[str, ...] | None
+    ) -> tuple[tuple[LoadedModel, ...], frozenset[str]]:
+        models = tuple(self.registry.resolve(properties))
+        if not models:
+            raise InferenceFailed("no_models", "no model is loaded; see GET /ready for the reasons")
+        return models, allowed_elements(models)
+
+    # -- the asynchronous service path -------------------------------------------------------
+
+    async def predict_one(self, formula: str, properties: Sequence[str] | None) -> PredictionResult:
+        """One formula; a bad one raises its DomainError (the HTTP layer makes it a 4xx)."""
+        models, allowed = self._plan(properties)
+        parsed = self._parse(formula, allowed)
+        if isinstance(parsed, DomainError):
+            self.metrics.formula_errors.labels(code=parsed.code).inc()
+            raise parsed
+        answers = await self._answers(models, [parsed])
+        return PredictionResult(
+            formula,
+            parsed.canonical_key,
+            {model.property: answer[0] for model, answer in zip(models, answers, strict=True)},
+        )
+
+    async def predict_many(self, formulas: Sequence[str], properties: Sequence[str] | None) -> list[Result]:
+        results: list[Result] = []
+        async for chunk in self.predict_chunks(formulas, self.resolve(properties)):
+            results.extend(chunk)
+        return results
+
+    async def predict_chunks(
+        self, formulas: Sequence[str], models: Sequence[LoadedModel]
+    ) -> AsyncIterator[list[Result]]:
+        """Results in input order, one list per chunk, as soon as each chunk is done."""
+        allowed = allowed_elements(models)
+        if len(formulas) <= CHUNK_SIZE:
+            if len(formulas) <= INLINE_PARSE_LIMIT:
+                parsed = self._parse_all(formulas, allowed)
+            else:
+                parsed = await asyncio.to_thread(self._parse_all, formulas, allowed)
+            yield await self._predict_parsed(formulas, parsed, models)
+            return
+        in_flight: deque[asyncio.Task[list[Result]]] = deque()
+        try:
+            for start in range(0, len(formulas), CHUNK_SIZE):
+                texts = formulas[start : start + CHUNK_SIZE]
+                parsed = await asyncio.to_thread(self._parse_all, texts, allowed)
+                in_flight.append(asyncio.create_task(self._predict_parsed(texts, parsed, models)))
+                while len(in_flight) >= PIPELINE_DEPTH or (in_flight and in_flight[0].done()):
+                    yield await in_flight.popleft()
+            while in_flight:
+                yield await in_flight.popleft()
+        finally:
+            for task in in_flight:  # the consumer stopped early (client went away)
+                task.cancel()
+            for task in in_flight:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _predict_parsed(
+        self,
+        texts: Sequence[str],
+        parsed: Sequence[ParsedFormula | DomainError],
+        models: Sequence[LoadedModel],
+    ) -> list[Result]:
+        unique: dict[str, ParsedFormula] = {}
+        for item in parsed:
+            if isinstance(item, ParsedFormula):
+                unique.setdefault(item.canonical_key, item)
+        distinct = list(unique.values())
+        answers = await self._answers(models, distinct)
+        by_key = [
+            (m.property, dict(zip(unique, answer, strict=True)))
+            for m, answer in zip(models, answers, strict=True)
+        ]
+
+        results: list[Result] = []
+        for text, item in zip(texts, parsed, strict=True):
+            if isinstance(item, DomainError):
+                results.append(ItemError(text, item))
+                continue
+            key = item.canonical_key
+            results.append(PredictionResult(text, key, {name: values[key] for name, values in by_key}))
+        return results
+
+    async def _answers(
+        self, models: Sequence[LoadedModel], formulas: list[ParsedFormula]
+    ) -> list[list[PropertyPrediction]]:
+        """Each model's predictions for ``formulas`` (distinct compositions), in that order."""
+        try:
+            if len(models) == 1:
+                return [await self.batchers[models[0].property].submit_formulas(formulas)]
+            return list(
+                await asyncio.gather(*(self.batchers[m.property].submit_formulas(formulas) for m in models))
+            )
+        except DomainError:
+            raise
+        except Exception as error:
+            logger.exception("inference failed")
+            raise InferenceFailed(
+                "inference_failed", f"a model failed to answer: {type(error).__name__}; see the service log"
+            ) from error
+
+    # -- parsing -----------------------------------------------------------------------------
+
+    def parse(self, text: str, allowed: frozenset[str]) -> ParsedFormula | DomainError:
+        """One formula, checked against ``allowed`` (see ``allowed_elements``); errors are returned."""
+        return self._parse(text, allowed)
+
+    def _parse_all(self, texts: Sequence[str], allowed: frozenset[str]) -> list[ParsedFormula | DomainError]:
+        parsed = [self._parse(text, allowed) for text in texts]
+        for item in parsed:
+            if isinstance(item, DomainError):
+                self.metrics.formula_errors.labels(code=item.code).inc()
+        return parsed
+
+    def _parse_uncached(self, text: str, allowed: frozenset[str]) -> ParsedFormula | DomainError:
+        try:
+            return parse_formula(text, allowed_elements=allowed, max_length=self.max_formula_length)
+        except DomainError as error:
+            return error
+        except Exception as error:  # a parser bug must cost one item, never the request
+            logger.warning("unexpected %s while parsing %r", type(error).__name__, text[:80])
+            return DomainError("invalid_formula", f"cannot parse formula {text[:80]!r}", formula=text[:80])
+
+    # -- the synchronous path (screening, CLI) ------------------------------------------------
+
+    def predict_parsed(
+        self, parsed: Sequence[ParsedFormula], properties: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        """property -> float32 [n, 2] (value, standard deviation or NaN); no cache, no batcher.
+
+        The formulas must already be inside every selected model's elements (parse them with
+        ``allowed_elements(models)``).
+        """
+        results: dict[str, np.ndarray] = {}
+        for model in self.resolve(properties):
+            out = np.empty((len(parsed), 2), dtype=np.float32)
+            for start in range(0, len(parsed), DIRECT_CHUNK_SIZE):
+                chunk = parsed[start : start + DIRECT_CHUNK_SIZE]
+                out[start : start + len(chunk)] = model.run(model.featurizer.transform(chunk))
+            results[model.property] = out
+        return results
+
+
+def allowed_elements(models: Sequence[LoadedModel]) -> frozenset[str]:
+    """Elements every one of ``models`` can featurize: a formula must stay inside all of them."""
+    if not models:
+        return frozenset()
+    return frozenset.intersection(*(model.elements for model in models))

@@ -1,0 +1,58 @@
+"""What a prediction is, as every caller (HTTP, CLI, screening) receives it.
+
+Plain slotted dataclasses: orjson serialises them directly, in field order, which is the
+response shape of design.md (``{"formula", "composition", "predictions": {...}}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import DomainError
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyPrediction:
+    value: float | None  # None only when a model produced a non-finite number (JSON has no NaN)
+    unit: str
+    model: str
+    version: str
+    uncertainty: float | None  # ensemble standard deviation; None for a single model
+    cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "model": self.model,
+            "version": self.version,
+            "uncertainty": self.uncertainty,
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    formula: str  # as sent
+    composition: str  # the canonical key: shared by every formula with the same fractional composition
+    predictions: dict[str, PropertyPrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "formula": self.formula,
+            "composition": self.composition,
+            "predictions": {name: p.to_dict() for name, p in self.predictions.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    formula: str
+    error: DomainError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"formula": self.formula, "error": self.error.to_dict()}
+
+
+Result = PredictionResult | ItemError

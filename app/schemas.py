@@ -1,0 +1,128 @@
+"""Request and response shapes of the HTTP API (design.md), with their declared limits.
+
+Requests are validated by these models. Responses of the prediction endpoints are built as
+plain dicts and serialised with orjson (a 100,000-row batch must not pay for 100,000 pydantic
+objects); the response models here document them in OpenAPI and tests check the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.inference.manifest import Architecture, DatasetInfo, FeatureSpec, Output, SplitMetrics, TrainingInfo
+
+PROPERTIES_DESCRIPTION = (
+    "Properties to predict (e.g. formation_enthalpy, band_gap); all served properties when omitted. "
+    "An unknown property is refused with 422 unknown_property."
+)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"formula": "Fe2O3"}]})
+
+    # The length limit (IBRNET_MAX_FORMULA_LENGTH) is enforced by the parser, which answers
+    # 422 formula_too_long naming the limit, the same way for /predict and each batch item.
+    formula: str = Field(description="A chemical formula, e.g. Fe2O3, (NH4)2SO4, CuSO4·5H2O, Fe0.4O0.6")
+    properties: list[str] | None = Field(
+        None, min_length=1, max_length=64, description=PROPERTIES_DESCRIPTION
+    )
+
+
+class BatchPredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"formulas": ["Fe2O3", "NaCl", "GaAs"]}]}
+    )
+
+    formulas: list[str] = Field(
+        description="Formulas, answered in this order. At most IBRNET_MAX_BATCH_ITEMS (default 100,000); "
+        "more is refused with 413 too_many_items."
+    )
+    properties: list[str] | None = Field(
+        None, min_length=1, max_length=64, description=PROPERTIES_DESCRIPTION
+    )
+
+
+class PropertyPredictionPublic(BaseModel):
+    value: float | None = Field(
+        description="The prediction (null only if the model produced a non-finite number)"
+    )
+    unit: str
+    model: str = Field(description="Name of the model that answered")
+    version: str = Field(description="The model version: derived from the ONNX file's sha256")
+    uncertainty: float | None = Field(description="Ensemble standard deviation; null for a single model")
+    cached: bool = Field(description="True when the value came from the prediction cache")
+
+
+class PredictionPublic(BaseModel):
+    formula: str = Field(description="The formula as sent")
+    composition: str = Field(
+        description="Canonical key: formulas with the same fractional composition share it"
+    )
+    predictions: dict[str, PropertyPredictionPublic]
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(description="snake_case, stable: e.g. unknown_element, formula_too_long")
+    message: str = Field(description="Human-readable; names the offending input")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ItemErrorPublic(BaseModel):
+    formula: str
+    error: ErrorBody
+
+
+class BatchPredictionPublic(BaseModel):
+    results: list[PredictionPublic | ItemErrorPublic] = Field(
+        description="One per input formula, in input order"
+    )
+
+
+class ModelPublic(BaseModel):
+    """The whole manifest (model.json) plus what the running service adds to it."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    property: str
+    unit: str
+    version: str = Field(description="Derived from the sha256 of the ONNX file in use")
+    provider: str = Field(description="ONNX Runtime execution provider in use")
+    variant: Literal["fp32", "int8"] = "fp32"
+    features: FeatureSpec
+    architecture: Architecture
+    output: Output
+    metrics: dict[str, SplitMetrics]
+    dataset: DatasetInfo
+    training: TrainingInfo
+    onnx_sha256: str
+    created: str
+
+
+class ModelsPublic(BaseModel):
+    models: list[ModelPublic]
+    skipped: dict[str, str] = Field(default_factory=dict, description="Model folders not served, and why")
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ready", "degraded", "unavailable"]
+    reasons: list[str]
+    models: list[str] = Field(description="Properties being served")
+    database: Literal["ok", "unavailable"]
+    pending_cache_writes: int
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON (invalid_json)"},
+    413: {"model": ErrorResponse, "description": "Body too large (payload_too_large) or too many items"},
+    422: {"model": ErrorResponse, "description": "Invalid request, formula or property"},
+}

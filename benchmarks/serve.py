@@ -1,0 +1,483 @@
+"""Serving benchmark: the HTTP service against its own ceilings, all figures from one run.
+
+    python benchmarks/serve.py [--formulas 10000] [--requests 6000]
+
+Measures, on this machine:
+1. model-only ONNX Runtime throughput: featurized rows through the session, in BATCH_MAX_SIZE
+   chunks, same thread settings as the server (the ceiling);
+2. POST /predict/batch with 10,000 distinct real OQMD formulas, cold cache and warm cache;
+3. single-formula POST /predict throughput and p50/p99 latency at concurrency 1 and 64 (distinct
+   formulas, so every request is a cache miss that runs the model), next to GET /health at the
+   same concurrency (the HTTP stack's own ceiling), plus a warm-cache /predict run;
+4. the mean achieved batch size during the concurrency-64 run (from /metrics);
+5. a naive baseline: PyTorch, one forward pass per request (parse, featurize, forward).
+
+The server is `ibrnet serve` (uvicorn, uvloop, httptools) in a subprocess with a fresh SQLite
+cache. The model is the shipped one when models/ has one, else a freshly initialised iBRNet
+(the real 4.5M-parameter network; an untrained network costs exactly what a trained one does).
+
+Load generation: /predict/batch is posted with httpx. The single-request runs use a minimal
+keep-alive HTTP/1.1 client over asyncio (one connection per concurrent user, like wrk):
+client and server share this machine's cores, and a heavier client would cap /health and make
+/predict's ratio look better than it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from app.chemistry.featurizers import get_featurizer
+from app.chemistry.formula import parse_formula
+from app.inference.manifest import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    Architecture,
+    DatasetInfo,
+    FeatureSpec,
+    ModelManifest,
+    SplitMetrics,
+    TrainingInfo,
+    file_sha256,
+)
+from app.inference.registry import ModelRegistry
+from app.settings import REPOSITORY_MODELS_DIR, Settings
+from training.data import ensure_wheel
+
+OQMD = "crabnet/data/benchmark_data/OQMD_Formation_Enthalpy/{split}.csv"
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def oqmd_formulas(split: str, count: int, offset: int = 0) -> list[str]:
+    with zipfile.ZipFile(ensure_wheel()) as wheel, wheel.open(OQMD.format(split=split)) as handle:
+        rows = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8"))
+        formulas = [row["formula"] for row in rows]
+    chosen = formulas[offset : offset + count]
+    if len(chosen) < count:
+        raise SystemExit(f"{split} split has only {len(formulas) - offset} formulas after offset {offset}")
+    return chosen
+
+
+def models_for_benchmark(workdir: Path) -> tuple[Path, str]:
+    """The shipped models when there are any, else a fresh iBRNet exported to ONNX."""
+    if any(REPOSITORY_MODELS_DIR.glob(f"*/{MANIFEST_FILE}")):
+        return REPOSITORY_MODELS_DIR, "shipped models/"
+    import torch
+
+    from training.export import write_onnx
+    from training.nets import IBRNet, NetConfig, count_parameters
+
+    torch.manual_seed(0)
+    config = NetConfig()
+    network = IBRNet(config).eval()
+    folder = workdir / "models" / "ibrnet-untrained"
+    folder.mkdir(parents=True)
+    write_onnx(network, config.input_width, folder / ONNX_FILE)
+    featurizer = get_featurizer("ef")
+    ModelManifest(
+        name="ibrnet-untrained",
+        property="formation_enthalpy",
+        unit="eV/atom",
+        description="freshly initialised iBRNet for benchmarking (same cost as a trained one)",
+        features=FeatureSpec(
+            spec="ef", version=featurizer.version, width=featurizer.width, elements=list(featurizer.labels)
+        ),
+        architecture=Architecture(
+            name="ibrnet", parameters=count_parameters(network), config=config.to_dict()
+        ),
+        dataset=DatasetInfo(name="none", source="benchmarks/serve.py", sizes={}, sha256={}),
+        metrics={"test": SplitMetrics(mae=float("nan"), rmse=float("nan"), r2=float("nan"), n=0)},
+        training=TrainingInfo(command="benchmarks/serve.py", seed=0),
+        onnx_sha256=file_sha256(folder / ONNX_FILE),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    ).save(folder)
+    return folder.parent, f"fresh iBRNet ({count_parameters(network):,} parameters)"
+
+
+# --- 1. the ceiling, and 5. the naive baseline -----------------------------------------------------
+
+
+def model_only_throughput(
+    models_dir: Path, formulas: list[str], settings: Settings
+) -> tuple[float, str, float]:
+    """Rows per second, the provider, and CPU microseconds per row (all threads of this process)."""
+    registry = ModelRegistry.load(
+        models_dir,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
+        warmup_rows=settings.batch_max_size,
+    )
+    model = registry.models[0]
+    features = model.featurizer.transform([parse_formula(f) for f in formulas])
+    size = settings.batch_max_size
+    rates = []
+    cpu_started = time.process_time()
+    for _ in range(3):
+        started = time.perf_counter()
+        for start in range(0, len(features), size):
+            model.run(features[start : start + size])
+        rates.append(len(features) / (time.perf_counter() - started))
+    cpu_us = (time.process_time() - cpu_started) / (3 * len(features)) * 1e6
+    return statistics.median(rates), model.provider, cpu_us
+
+
+def naive_torch_throughput(formulas: list[str]) -> float:
+    """One request = parse + featurize + one PyTorch forward pass on a batch of one, in-process
+    (no HTTP: an upper bound for a naive server). One torch thread: its best setting for
+    batches of one here (two threads on two shared cores spin against each other, 50x slower)."""
+    import torch
+
+    from training.nets import IBRNet, NetConfig
+
+    torch.set_num_threads(1)
+    network = IBRNet(NetConfig()).eval()  # same architecture and cost as the served model
+    featurizer = get_featurizer("ef")
+    with torch.inference_mode():
+        network(torch.zeros(1, 86))
+        started = time.perf_counter()
+        for formula in formulas:
+            x = torch.from_numpy(featurizer.transform([parse_formula(formula)]))
+            float(network(x)[0, 0])
+    return len(formulas) / (time.perf_counter() - started)
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, models_dir: Path, database_url: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "server.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--models", str(models_dir),
+             "--database-url", database_url],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"server exited; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.base}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+    def wait_for_cache_writes(self) -> None:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{self.base}/ready", timeout=10).json()["pending_cache_writes"] > 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("cache writes did not finish")
+            time.sleep(0.1)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.base}/metrics", timeout=10).text
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far, all threads (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+# --- 2. the batch endpoint ---------------------------------------------------------------------------
+
+
+def post_batch(server: Server, formulas: list[str]) -> tuple[float, int, float]:
+    """Seconds for one /predict/batch round trip (request sent to answer parsed), answers from the
+    cache, and server CPU microseconds per formula (cache writes included)."""
+    cpu_started = server.cpu_seconds()
+    with httpx.Client(timeout=600) as client:
+        started = time.perf_counter()
+        response = client.post(f"{server.base}/predict/batch", json={"formulas": formulas})
+        results = response.json()["results"]
+        elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    if len(results) != len(formulas) or any("error" in item for item in results):
+        raise SystemExit("the batch answer is incomplete or has errors")
+    cached = sum(all(p["cached"] for p in item["predictions"].values()) for item in results)
+    server.wait_for_cache_writes()
+    return elapsed, cached, (server.cpu_seconds() - cpu_started) / len(formulas) * 1e6
+
+
+# --- 3. single requests: a minimal keep-alive HTTP/1.1 load generator ------------------------------
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    latencies_s: list[float]
+    cached: int
+    server_cpu_us: float = float("nan")  # server CPU time per request, all threads
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1000)
+
+
+async def _load(port: int, requests: list[bytes], concurrency: int) -> LoadResult:
+    queue = iter(requests)
+    latencies: list[float] = []
+    cached = 0
+
+    async def user() -> None:
+        nonlocal cached
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for request in queue:
+                started = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise SystemExit(f"HTTP {status}: {body[:300]!r}")
+                cached += body.count(b'"cached":true')
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return LoadResult(len(requests), time.perf_counter() - started, latencies, cached)
+
+
+def run_load(server: Server, requests: list[bytes], concurrency: int) -> LoadResult:
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    cpu_started = server.cpu_seconds()
+    result = run(_load(server.port, requests, concurrency))
+    result.server_cpu_us = (server.cpu_seconds() - cpu_started) / len(requests) * 1e6
+    return result
+
+
+def predict_requests(formulas: list[str]) -> list[bytes]:
+    out = []
+    for formula in formulas:
+        body = json.dumps({"formula": formula}).encode()
+        out.append(
+            b"POST /predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    return out
+
+
+def health_requests(count: int) -> list[bytes]:
+    return [b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"] * count
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formulas", type=int, default=10_000, help="batch size for /predict/batch")
+    parser.add_argument(
+        "--requests", type=int, default=6_000, help="single requests per run at concurrency 64"
+    )
+    parser.add_argument("--requests-c1", type=int, default=1_000, help="single requests at concurrency 1")
+    parser.add_argument("--naive", type=int, default=1_000, help="requests for the PyTorch baseline")
+    parser.add_argument("--rounds", type=int, default=2, help="repetitions of each HTTP measurement")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="ibrnet-bench-"))
+    settings = Settings()
+    load_before = os.getloadavg()
+    rounds = max(1, args.rounds)
+    try:
+        models_dir, model_label = models_for_benchmark(workdir)
+        # Distinct compositions everywhere, so "cold" really computes every prediction.
+        batch_sets = [oqmd_formulas("test", args.formulas, offset=i * args.formulas) for i in range(rounds)]
+        c1_formulas = oqmd_formulas("train", args.requests_c1)
+        c64_sets = [
+            oqmd_formulas("train", args.requests, offset=args.requests_c1 + i * args.requests)
+            for i in range(rounds)
+        ]
+
+        # The machine is shared: every measurement is repeated, interleaved with the ones it is
+        # compared with, and reported as a median.
+        ceilings: list[float] = []
+        cold_rates: list[float] = []
+        warm_rates: list[float] = []
+        cold_cached = warm_cached = 0
+        ceiling_cpu: list[float] = []  # CPU microseconds per row / per formula
+        cold_cpu: list[float] = []
+        health_c64: list[LoadResult] = []
+        predict_c64: list[LoadResult] = []
+        batch_calls = batch_rows = 0.0
+
+        ceiling, provider, cpu_us = model_only_throughput(models_dir, batch_sets[0], settings)
+        ceilings.append(ceiling)
+        ceiling_cpu.append(cpu_us)
+        server = Server(models_dir, f"sqlite:///{workdir / 'cache.db'}", workdir)
+        try:
+            for formulas in batch_sets:
+                seconds, cached, cpu_us = post_batch(server, formulas)
+                cold_rates.append(len(formulas) / seconds)
+                cold_cached += cached
+                cold_cpu.append(cpu_us)
+                seconds, cached, _ = post_batch(server, formulas)
+                warm_rates.append(len(formulas) / seconds)
+                warm_cached += cached
+                ceiling, _, cpu_us = model_only_throughput(models_dir, formulas, settings)
+                ceilings.append(ceiling)
+                ceiling_cpu.append(cpu_us)
+
+            health_c1 = run_load(server, health_requests(args.requests_c1 * 2), 1)
+            predict_c1 = run_load(server, predict_requests(c1_formulas), 1)
+            for formulas in c64_sets:
+                health_c64.append(run_load(server, health_requests(args.requests * 2), 64))
+                before = server.metrics()
+                predict_c64.append(run_load(server, predict_requests(formulas), 64))
+                after = server.metrics()
+                batch_calls += metric_sum(after, "ibrnet_batch_size_count") - metric_sum(
+                    before, "ibrnet_batch_size_count"
+                )
+                batch_rows += metric_sum(after, "ibrnet_batch_size_sum") - metric_sum(
+                    before, "ibrnet_batch_size_sum"
+                )
+            server.wait_for_cache_writes()
+            predict_c64_warm = run_load(server, predict_requests(c64_sets[0]), 64)
+        finally:
+            server.stop()
+        naive = naive_torch_throughput(c1_formulas[: args.naive])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
+
+    ceiling, cold, warm = median(ceilings), median(cold_rates), median(warm_rates)
+    predict64 = median([r.throughput for r in predict_c64])
+    health64 = median([r.throughput for r in health_c64])
+    p99_64 = median([r.percentile_ms(99) for r in predict_c64])
+    print(f"iBRNet serving benchmark — {os.cpu_count()} CPUs, {settings.intra_op_threads} ORT threads, "
+          f"BATCH_MAX_SIZE={settings.batch_max_size}, BATCH_MAX_WAIT_MS={settings.batch_max_wait_ms}; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")  # fmt: skip
+    print(f"model: {model_label}, provider {provider}; medians of {rounds} interleaved rounds")
+    print()
+    print(f"{'measurement':<48} {'per second':>12} {'ratio':>24}")
+    print(f"{'model-only ORT (ceiling)':<48} {ceiling:>12,.0f} {'1.00 of ceiling':>24}")
+    print(f"{'/predict/batch, ' + str(args.formulas) + ' formulas, cold cache':<48} {cold:>12,.0f} "
+          f"{cold / ceiling:>8.2f} of ceiling (>=0.70)")  # fmt: skip
+    print(f"{'/predict/batch, ' + str(args.formulas) + ' formulas, warm cache':<48} {warm:>12,.0f} "
+          f"{warm / ceiling:>8.2f} of ceiling")  # fmt: skip
+    print(
+        f"  each run: ceiling {', '.join(f'{c:,.0f}' for c in ceilings)}; "
+        f"cold {', '.join(f'{c:,.0f}' for c in cold_rates)}; "
+        f"warm {', '.join(f'{c:,.0f}' for c in warm_rates)}"
+    )
+    print(
+        f"  answers from cache: cold runs {cold_cached}, warm runs {warm_cached} of {args.formulas * rounds}"
+    )
+    print(
+        f"  server CPU per formula (load-independent): ORT alone {median(ceiling_cpu):.0f} us, "
+        f"cold /predict/batch {median(cold_cpu):.0f} us (parse, cache, ORT, writes): "
+        f"{median(ceiling_cpu) / median(cold_cpu):.2f} of the ceiling by CPU"
+    )
+    print()
+    print(
+        f"{'single requests':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs /health':>11} {'CPU us':>8}"
+    )
+    rows = [
+        ("GET /health, concurrency 1", [health_c1], None),
+        ("POST /predict, concurrency 1", [predict_c1], [health_c1]),
+        ("GET /health, concurrency 64", health_c64, None),
+        ("POST /predict, concurrency 64", predict_c64, health_c64),
+        ("POST /predict, c=64, warm cache", [predict_c64_warm], health_c64),
+    ]
+    for label, results, reference in rows:
+        rate = median([r.throughput for r in results])
+        ratio = f"{rate / median([r.throughput for r in reference]):.2f}" if reference else "1.00"
+        p50 = median([r.percentile_ms(50) for r in results])
+        p99 = median([r.percentile_ms(99) for r in results])
+        cpu_us = median([r.server_cpu_us for r in results])
+        print(f"{label:<34} {rate:>9,.0f} {p50:>8.2f} {p99:>8.2f} {ratio:>11} {cpu_us:>8.0f}")
+    print(
+        f"  each c=64 run: /health {', '.join(f'{r.throughput:,.0f}' for r in health_c64)}; "
+        "/predict "
+        + ", ".join(f"{r.throughput:,.0f} (p99 {r.percentile_ms(99):.0f} ms)" for r in predict_c64)
+    )
+    health_cpu = median([r.server_cpu_us for r in health_c64])
+    predict_cpu = median([r.server_cpu_us for r in predict_c64])
+    print(
+        f"  server CPU per request at c=64: /health {health_cpu:.0f} us, /predict {predict_cpu:.0f} us "
+        f"(CPU column: server process, all threads, per request)"
+    )
+    print(f"  targets at concurrency 64: /predict >= 0.50 of /health (got {predict64 / health64:.2f}), "
+          f"p99 <= 50 ms (got {p99_64:.1f})")  # fmt: skip
+    print(f"  cold /predict answers from cache: {predict_c1.cached + sum(r.cached for r in predict_c64)}; "
+          f"warm run: {predict_c64_warm.cached} of {predict_c64_warm.requests}")  # fmt: skip
+    print(f"mean achieved batch size at concurrency 64: {batch_rows / batch_calls:.1f} rows per ORT call "
+          f"({batch_rows:.0f} rows in {batch_calls:.0f} calls)")  # fmt: skip
+    print()
+    print(f"{'naive baseline: PyTorch, one forward pass per request':<56} {naive:>9,.0f} req/s")
+    print(f"  service /predict at concurrency 64 vs naive: {predict64 / naive:.1f}x; "
+          f"/predict/batch cold vs naive: {cold / naive:.1f}x")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
