@@ -1,0 +1,167 @@
+"""Export, evaluate and predict on real data: the chain a user runs, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from app.cli import main
+from app.inference.manifest import INT8_ONNX_FILE, ONNX_FILE, ModelManifest, file_sha256
+from training import onnx_model
+from training.data import DataRequest, load_dataset
+from training.export import ParityError, check_parity, parity_inputs
+from training.run_dir import load_best_model
+
+LIMIT = "2000"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("chain") / "run"
+    code = main(
+        ["train", "--data", "oqmd-formation-enthalpy", "--limit", LIMIT, "--epochs", "2",
+         "--batch-size", "256", "--lr", "1e-3", "--out", str(run), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    model_dir = models / "oqmd-formation-enthalpy"
+    assert main(["export", str(trained_run), "--out", str(model_dir), "--quantize", "int8"]) == 0
+    return model_dir
+
+
+def test_chain_train_export_evaluate_predict(exported, capsys):
+    manifest = ModelManifest.load(exported)
+    capsys.readouterr()
+    args = [
+        "evaluate",
+        str(exported),
+        "--data",
+        "oqmd-formation-enthalpy",
+        "--split",
+        "test",
+        "--limit",
+        LIMIT,
+    ]
+    assert main([*args, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["n"] == manifest.metrics["test"].n == 2000
+    for key in ("mae", "rmse", "r2"):  # reproduced exactly, not approximately
+        assert scored[key] == getattr(manifest.metrics["test"], key)
+    assert scored["version"] == manifest.version
+
+    assert main([*args, "--variant", "int8", "--json"]) == 0
+    scored_int8 = json.loads(capsys.readouterr().out)
+    assert scored_int8["mae"] == manifest.variants["int8"].metrics["test"].mae
+
+    assert main(["predict", "Fe2O3", "--models", str(exported.parent), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    text = json.dumps(answer)
+    assert manifest.version in text and "formation_enthalpy" in text
+
+
+def test_manifest_is_complete(exported, trained_run):
+    manifest = ModelManifest.load(exported)
+    assert manifest.name == "oqmd-formation-enthalpy"
+    assert (manifest.property, manifest.unit) == ("formation_enthalpy", "eV/atom")
+    assert manifest.onnx_sha256 == file_sha256(exported / ONNX_FILE)
+    assert manifest.version == manifest.onnx_sha256[:12]
+    assert manifest.features.spec == "ef" and manifest.features.width == 86
+    assert manifest.features.elements[:3] == ["H", "Li", "Be"] and len(manifest.features.elements) == 86
+    assert manifest.architecture.name == "ibrnet" and manifest.architecture.parameters == 4_548_385
+    assert manifest.output.kind == "point"
+    assert set(manifest.metrics) == {"val", "test"}
+    assert manifest.dataset.sizes == {"train": 2000, "val": 2000, "test": 2000}
+    assert len(manifest.dataset.sha256) == 3 and manifest.dataset.skipped_rows == {
+        "train": 0,
+        "val": 0,
+        "test": 0,
+    }
+    training = manifest.training
+    assert training.command.startswith("ibrnet train --data oqmd-formation-enthalpy")
+    assert training.seed == 0 and training.epochs == 2 and training.best_epoch in (1, 2)
+    assert training.wall_time_s > 0 and training.hardware
+    assert any("OQMD" in c for c in manifest.citations)
+    assert any("Sparks" in c for c in manifest.citations)  # the CrabNet authors
+    variant = manifest.variants["int8"]
+    assert variant.file == INT8_ONNX_FILE and variant.sha256 == file_sha256(exported / INT8_ONNX_FILE)
+    assert variant.metrics["test"].n == 2000
+
+
+def test_onnx_signature(exported):
+    model = onnx.load(str(exported / ONNX_FILE))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (graph_input,) = model.graph.input
+    (graph_output,) = model.graph.output
+    assert (graph_input.name, graph_output.name) == ("x", "y")
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    in_dims = graph_input.type.tensor_type.shape.dim
+    out_dims = graph_output.type.tensor_type.shape.dim
+    assert in_dims[0].dim_param and in_dims[1].dim_value == 86  # dynamic batch axis
+    assert out_dims[0].dim_param and out_dims[1].dim_value == 1
+    session = onnx_model.session(exported / ONNX_FILE)
+    for n in (1, 7, 3000):
+        assert onnx_model.predict(session, np.zeros((n, 86), np.float32)).shape == (n, 1)
+
+
+def test_onnx_matches_pytorch_on_1000_real_inputs(trained_run, exported):
+    config, model = load_best_model(trained_run)
+    dataset = load_dataset(DataRequest.from_dict(config["data"]), splits=("val", "test"))
+    x = parity_inputs(dataset)
+    assert x.shape == (1000, 86) and np.allclose(x.sum(axis=1), 1.0, atol=1e-5)  # real compositions
+    assert check_parity(model, exported / ONNX_FILE, x) <= 1e-4
+    with torch.no_grad():  # the check fails when the file no longer computes what the network does
+        model.head.bias += 1e-3
+    with pytest.raises(ParityError, match="differ"):
+        check_parity(model, exported / ONNX_FILE, x)
+
+
+def test_ensemble_export(small_folder, tmp_path, capsys):
+    runs = []
+    for seed in ("0", "1"):
+        run = tmp_path / f"member{seed}"
+        args = [
+            "train",
+            "--data",
+            str(small_folder),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "100",
+        ]
+        assert main([*args, "--seed", seed, "--no-progress"]) == 0
+        runs.append(run)
+    model_dir = tmp_path / "ensemble"
+    assert main(["export", *map(str, runs), "--out", str(model_dir)]) == 0
+    manifest = ModelManifest.load(model_dir)
+    assert manifest.output.kind == "ensemble" and manifest.output.members == 2
+    assert manifest.architecture.parameters == 2 * 4_548_385
+    x = load_dataset(DataRequest(str(small_folder)), splits=("test",)).splits["test"].x
+    y = onnx_model.predict(onnx_model.session(model_dir / ONNX_FILE), x)
+    members = [load_best_model(run)[1] for run in runs]
+    with torch.no_grad():
+        each = np.stack([m(torch.from_numpy(x)).numpy()[:, 0] for m in members])
+    assert y.shape == (len(x), 2)
+    np.testing.assert_allclose(y[:, 0], each.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(y[:, 1], each.std(axis=0), atol=1e-5)
+    assert main(["evaluate", str(model_dir), "--data", str(small_folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["mae"] == manifest.metrics["test"].mae
+
+
+def test_evaluate_does_not_need_torch():
+    code = "import sys, training.evaluate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from training.data import DataRequest, load_dataset
+from training.metrics import regression_metrics
+from training.run_dir import BEST_FILE, CHECKPOINT_FILE, load_best_model
+from training.train import EarlyStopping, TrainConfig, train
+
+
+def _train(folder: Path, out: Path, *extra: str) -> int:
+    return main(
+        ["train", "--data", str(folder), "--out", str(out), "--batch-size", "64", "--lr", "1e-3",
+         "--no-progress", "--threads", "1", *extra]
+    )  # fmt: skip
+
+
+def _log(run: Path) -> list[dict[str, str]]:
+    with (run / "log.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_directory_holds_everything_to_rebuild_the_model(small_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(small_folder, run, "--epochs", "2") == 0
+    for name in (
+        "config.json",
+        "log.csv",
+        "checkpoint.pt",
+        "best.pt",
+        "learning_curve.png",
+        "val_parity.png",
+    ):
+        assert (run / name).stat().st_size > 0, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["parameters"] == 4_548_385
+    assert config["features"]["spec"] == "ef" and config["features"]["width"] == 86
+    assert config["dataset"]["sizes"] == {"train": 300, "val": 100, "test": 100}
+    assert config["result"]["epochs_completed"] == 2
+    assert config["command"].startswith("ibrnet train --data ")
+    rows = _log(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "train_mae", "val_mae", "lr", "seconds"}
+    # the rebuilt best network scores the validation split exactly as training recorded it
+    _, model = load_best_model(run)
+    val = load_dataset(DataRequest.from_dict(config["data"])).splits["val"]
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(val.x)).squeeze(1).numpy()
+    best = min(rows, key=lambda r: float(r["val_mae"]))
+    assert regression_metrics(val.y, predicted)["mae"] == pytest.approx(float(best["val_mae"]), rel=1e-6)
+    assert config["result"]["best_epoch"] == int(best["epoch"])
+
+
+def test_resume_continues_exactly_where_it_stopped(small_folder, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _train(small_folder, straight, "--epochs", "3") == 0
+    assert _train(small_folder, split, "--epochs", "1") == 0
+    assert _train(small_folder, split, "--epochs", "3", "--resume") == 0
+    a, b = _log(straight), _log(split)
+    assert [(r["epoch"], r["train_mae"], r["val_mae"], r["lr"]) for r in a] == [
+        (r["epoch"], r["train_mae"], r["val_mae"], r["lr"]) for r in b
+    ]
+    best_a = torch.load(straight / BEST_FILE, weights_only=True)["model"]
+    best_b = torch.load(split / BEST_FILE, weights_only=True)["model"]
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    config = json.loads((split / "config.json").read_text())
+    assert len(config["resumed"]) == 1
+
+
+def test_an_existing_run_is_not_overwritten(small_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(small_folder, run, "--epochs", "1") == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        _train(small_folder, run, "--epochs", "1")
+    with pytest.raises(SystemExit, match="different"):
+        _train(small_folder, run, "--epochs", "2", "--resume", "--seed", "5")
+
+
+def test_time_limit_stops_cleanly(small_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(small_folder, run, "--epochs", "5", "--time-limit-min", "1e-9") == 1  # no epoch finished
+    config = json.loads((run / "config.json").read_text())
+    assert config["result"]["stop_reason"] == "time_limit"
+    assert not (run / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize("arch", ["brnet", "irnet", "elemnet"])
+def test_baselines_train(small_folder, tmp_path, arch):
+    # 299 rows per batch over 300 rows leaves a batch of one, which BatchNorm cannot train on
+    config = TrainConfig(arch=arch, epochs=1, batch_size=299, lr=1e-3, device="cpu")
+    result = train(config, DataRequest(str(small_folder)), tmp_path / arch, progress=False)
+    assert result.epochs_completed == 1 and result.best_epoch == 1
+    assert np.isfinite(result.best_val_mae)
+
+
+def test_early_stopping_keras_semantics():
+    stopper = EarlyStopping(patience=2)
+    assert stopper.step(1.0, 1) and stopper.best_epoch == 1
+    assert not stopper.step(1.0, 2)  # equal is not an improvement
+    assert not stopper.should_stop
+    assert not stopper.step(1.5, 3)
+    assert stopper.should_stop and stopper.best_epoch == 1
+    restored = EarlyStopping(patience=2)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.should_stop and restored.best == 1.0

@@ -1,0 +1,67 @@
+"""``ibrnet evaluate MODEL_DIR --data ... --split test``: MAE, RMSE, R2 and n through ONNX Runtime.
+
+Deliberately torch-free: it scores the shipped file exactly as the service would run it, and
+reproduces the metrics ``ibrnet export`` wrote into model.json (same data path, same ORT call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.inference.manifest import INT8_ONNX_FILE, MANIFEST_FILE, ONNX_FILE, ModelManifest, file_sha256
+from training import onnx_model
+from training.data import DataRequest, describe, load_dataset
+from training.metrics import regression_metrics
+
+
+def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "fp32") -> dict[str, Any]:
+    if not (model_dir / MANIFEST_FILE).exists():
+        raise SystemExit(f"ibrnet evaluate: {model_dir} is not a model directory (no {MANIFEST_FILE})")
+    manifest = ModelManifest.load(model_dir)
+    if variant == "int8":
+        if "int8" not in manifest.variants:
+            raise SystemExit(
+                f"ibrnet evaluate: {model_dir} has no int8 variant (export with --quantize int8)"
+            )
+        path, expected = model_dir / INT8_ONNX_FILE, manifest.variants["int8"].sha256
+    else:
+        path, expected = model_dir / ONNX_FILE, manifest.onnx_sha256
+    actual = file_sha256(path)
+    if actual != expected:  # the registry refuses such a file too
+        raise SystemExit(f"ibrnet evaluate: {path} has sha256 {actual}, but model.json says {expected}")
+    if request.features != manifest.features.spec:
+        request = replace(request, features=manifest.features.spec)
+    dataset = load_dataset(request, splits=(split,))
+    print(describe(dataset), file=sys.stderr)
+    rows = dataset.splits[split]
+    predicted = onnx_model.predict(onnx_model.session(path), rows.x)[:, 0]
+    return {
+        "model": manifest.name,
+        "version": manifest.version,
+        "variant": variant,
+        "property": manifest.property,
+        "unit": manifest.unit,
+        "dataset": dataset.name,
+        "split": split,
+        **regression_metrics(rows.y, predicted),
+        "skipped_rows": sum(rows.skipped.values()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    request = DataRequest(
+        data=args.data, limit=args.limit, formula_column=args.formula_column, target_column=args.target_column
+    )
+    result = evaluate(Path(args.model_dir), request, args.split, args.variant)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} {result['version']} ({result['variant']}) on {result['dataset']} "
+              f"{result['split']}: MAE {result['mae']:.5f} {result['unit']}, RMSE {result['rmse']:.5f}, "
+              f"R2 {result['r2']:.4f}, n {result['n']}")  # fmt: skip
+    return 0

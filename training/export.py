@@ -1,0 +1,238 @@
+"""``ibrnet export RUN_DIR... --out MODEL_DIR``: ONNX + model.json, checked against PyTorch.
+
+One run gives a point model (y [n, 1]); several runs on the same data and features give an
+ensemble (y [n, 2] = mean and standard deviation over members). The exported file must agree
+with PyTorch on 1,000 real inputs, and the manifest's metrics are computed through ONNX Runtime
+on that very file, so they are what the service will deliver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from app.inference.manifest import (
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    Architecture,
+    DatasetInfo,
+    FeatureSpec,
+    ModelManifest,
+    Output,
+    SplitMetrics,
+    TrainingInfo,
+    Variant,
+    file_sha256,
+)
+from training import onnx_model
+from training.data import DataRequest, Dataset, load_dataset
+from training.metrics import regression_metrics
+from training.nets import Ensemble, count_parameters
+from training.run_dir import load_best_model
+from training.train import command_line
+
+OPSET = 17
+PARITY_ROWS = 1000
+PARITY_TOLERANCE = 1e-4  # max |ONNX - PyTorch| on real inputs, in the target's unit
+
+ARCHITECTURE_CITATIONS: dict[str, str] = {
+    "ibrnet": "iBRNet: V. Gupta, A. Peltekian, W.-k. Liao, A. Choudhary, A. Agrawal, 'Improving deep "
+    "learning model performance under parametric constraints for materials informatics applications', "
+    "Sci. Rep. 13, 9128 (2023).",
+    "brnet": "BRNet: V. Gupta, A. Peltekian, W.-k. Liao, A. Choudhary, A. Agrawal, 'BRNet: Branched "
+    "residual network for fast and accurate predictive modeling of materials properties', "
+    "SIAM International Conference on Data Mining (2022).",
+    "irnet": "IRNet: D. Jha, L. Ward, Z. Yang, C. Wolverton, I. Foster, W.-k. Liao, A. Choudhary, "
+    "A. Agrawal, 'Enabling deeper learning on big data for materials informatics applications', "
+    "Sci. Rep. 11, 4244 (2021).",
+    "elemnet": "ElemNet: D. Jha, L. Ward, A. Paul, W.-k. Liao, A. Choudhary, C. Wolverton, A. Agrawal, "
+    "'ElemNet: Deep learning the chemistry of materials from only elemental composition', "
+    "Sci. Rep. 8, 17593 (2018).",
+}
+PA_CITATION = (
+    "Physical attributes: L. Ward, A. Agrawal, A. Choudhary, C. Wolverton, 'A general-purpose "
+    "machine learning framework for predicting properties of inorganic materials', "
+    "npj Comput. Mater. 2, 16028 (2016)."
+)
+
+
+class ParityError(RuntimeError):
+    """The ONNX file does not compute what the PyTorch network computes."""
+
+
+def write_onnx(module: torch.nn.Module, width: int, path: Path) -> None:
+    module.eval()
+    example = torch.zeros(2, width, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def parity_inputs(dataset: Dataset, rows: int = PARITY_ROWS) -> np.ndarray:
+    """Real feature vectors: test rows first, then validation rows, up to ``rows``."""
+    x = np.concatenate([dataset.splits["test"].x[:rows], dataset.splits["val"].x[:rows]])
+    return x[:rows]
+
+
+def check_parity(module: torch.nn.Module, path: Path, x: np.ndarray) -> float:
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    actual = onnx_model.predict(onnx_model.session(path), x)
+    worst = float(np.max(np.abs(actual - expected))) if len(x) else 0.0
+    if actual.shape != expected.shape or not worst <= PARITY_TOLERANCE:
+        raise ParityError(
+            f"{path}: ONNX and PyTorch differ by {worst:.3g} (shape {actual.shape} vs {expected.shape}) "
+            f"on {len(x)} real inputs; the limit is {PARITY_TOLERANCE}"
+        )
+    return worst
+
+
+def score(path: Path, dataset: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, SplitMetrics]:
+    model = onnx_model.session(path)
+    return {
+        split: SplitMetrics(**regression_metrics(dataset.splits[split].y,
+                                                 onnx_model.predict(model, dataset.splits[split].x)[:, 0]))
+        for split in splits
+    }  # fmt: skip
+
+
+def _load_members(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[torch.nn.Module]]:
+    configs, models = [], []
+    for run_dir in run_dirs:
+        config, model = load_best_model(run_dir)
+        configs.append(config)
+        models.append(model)
+    first = configs[0]
+    for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
+        for key in ("data", "features"):
+            if config[key] != first[key]:
+                raise SystemExit(
+                    f"ibrnet export: {run_dir} was trained on different {key} than {run_dirs[0]}"
+                )
+        if config["train"]["arch"] != first["train"]["arch"]:
+            raise SystemExit("ibrnet export: an ensemble's members must share one architecture")
+    return configs, models
+
+
+def _architecture(configs: list[dict[str, Any]], module: torch.nn.Module) -> Architecture:
+    net = {k: v for k, v in configs[0]["net"].items() if k not in ("input_mean", "input_std")}
+    net["input_standardisation"] = (
+        "train-split mean/std baked into the model (identity on elemental fractions)"
+    )
+    return Architecture(name=configs[0]["train"]["arch"], parameters=count_parameters(module), config=net)
+
+
+def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInfo:
+    first, result = configs[0], configs[0].get("result", {})
+    members = [{"seed": c["train"]["seed"], "command": c["command"], **c.get("result", {})} for c in configs]
+    return TrainingInfo(
+        command=" && ".join(c["command"] for c in configs),
+        seed=first["train"]["seed"],
+        epochs=result.get("epochs_completed"),
+        best_epoch=result.get("best_epoch"),
+        wall_time_s=sum(c.get("result", {}).get("wall_time_s") or 0.0 for c in configs),
+        hardware=first["hardware"],
+        export_command=export_command,
+        hyperparameters={k: first["train"][k] for k in (
+            "batch_size", "lr", "patience_es", "patience_rlrop", "rlrop_factor", "min_lr", "epochs")},
+        loss="mean absolute error",
+        optimizer="Adam" + (" + ReduceLROnPlateau" if first["train"]["arch"] != "brnet" else "")
+        + " + EarlyStopping (best weights restored)",
+        members=members if len(configs) > 1 else None,
+    )  # fmt: skip
+
+
+def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
+           command: str = "") -> ModelManifest:  # fmt: skip
+    configs, models = _load_members(run_dirs)
+    module: torch.nn.Module = models[0] if len(models) == 1 else Ensemble(models).eval()
+    first = configs[0]
+    dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / ONNX_FILE
+    write_onnx(module, first["features"]["width"], onnx_path)
+    try:
+        worst = check_parity(module, onnx_path, parity_inputs(dataset))
+    except ParityError:
+        onnx_path.unlink()  # never leave a file behind that computes something else
+        raise
+    print(f"parity: max |ONNX - PyTorch| = {worst:.2e} on {min(PARITY_ROWS, len(parity_inputs(dataset)))} "
+          f"real inputs", file=sys.stderr)  # fmt: skip
+    metrics = score(onnx_path, dataset)
+    info = {
+        k: v for k, v in first["dataset"].items() if k not in ("property", "unit", "description", "citations")
+    }
+    features = first["features"]
+    citations = [*first["dataset"]["citations"], ARCHITECTURE_CITATIONS[first["train"]["arch"]]]
+    if "pa" in features["spec"]:
+        citations.append(PA_CITATION)
+    manifest = ModelManifest(
+        name=name or out_dir.resolve().name,
+        property=first["dataset"]["property"],
+        unit=first["dataset"]["unit"],
+        description=f"{first['train']['arch']} ({features['spec']} features"
+        + (f", ensemble of {len(models)}" if len(models) > 1 else "")
+        + f"): {first['dataset']['description']}",
+        features=FeatureSpec(
+            spec=features["spec"],
+            version=features["version"],
+            width=features["width"],
+            elements=features["elements"],
+        ),
+        architecture=_architecture(configs, module),
+        output=Output(kind="ensemble" if len(models) > 1 else "point", members=len(models)),
+        dataset=DatasetInfo(**info),
+        metrics=metrics,
+        training=_training(configs, command),
+        onnx_sha256=file_sha256(onnx_path),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        citations=citations,
+        parity={"rows": len(parity_inputs(dataset)), "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE},
+        onnx_opset=OPSET,
+    )
+    if quantize == "int8":
+        manifest.variants["int8"] = quantize_int8(onnx_path, out_dir / INT8_ONNX_FILE, dataset, metrics)
+    manifest.save(out_dir)
+    return manifest
+
+
+def quantize_int8(source: Path, target: Path, dataset: Dataset, fp32: dict[str, SplitMetrics]) -> Variant:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # ORT's advice to pre-process applies to convolutional models, not MLPs
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        quiet.setLevel(level)
+    metrics = score(target, dataset)
+    delta = metrics["test"].mae - fp32["test"].mae
+    print(f"int8: test MAE {metrics['test'].mae:.5f} vs fp32 {fp32['test'].mae:.5f} "
+          f"(delta {delta:+.5f}, {100 * delta / fp32['test'].mae:+.2f}%)", file=sys.stderr)  # fmt: skip
+    return Variant(file=target.name, sha256=file_sha256(target), quantization="int8", metrics=metrics)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dirs = [Path(p) for p in (args.run_dir if isinstance(args.run_dir, list) else [args.run_dir])]
+    out = Path(args.out)
+    manifest = export(
+        run_dirs, out, name=args.name, quantize=args.quantize, command=command_line(args, "export")
+    )
+    test = manifest.metrics["test"]
+    print(f"{out}: {manifest.name} version {manifest.version}, test MAE {test.mae:.5f} {manifest.unit} "
+          f"(RMSE {test.rmse:.5f}, R2 {test.r2:.4f}, n {test.n})")  # fmt: skip
+    return 0

@@ -1,0 +1,202 @@
+"""The networks: iBRNet (= BRNet) and the 17-layer baselines IRNet and ElemNet, in PyTorch.
+
+Specification: shared/reference/networks.md (the authors' Keras code). Keras defaults are kept
+where they matter: LeakyReLU slope 0.3, Glorot-uniform weights with zero bias, and BatchNorm
+momentum 0.99 / epsilon 1e-3 (PyTorch's ``momentum`` is 1 - Keras' momentum).
+
+Every network carries its own input standardisation and target scaling as buffers, so the
+exported ONNX model takes the featurizer's raw output and returns the property in its unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "irnet", "elemnet")
+
+# Trunk widths of iBRNet after its two 1024-wide branches; the baselines' 17-layer schedule.
+IBRNET_TRUNK: tuple[int, ...] = (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
+SEVENTEEN: tuple[int, ...] = (1024,) * 4 + IBRNET_TRUNK
+# ElemNet drops out at the end of its 1024, 512, 256 and 128 groups (keep prob 0.8, 0.9, 0.7, 0.8).
+ELEMNET_DROPOUT: dict[int, float] = {1024: 0.2, 512: 0.1, 256: 0.3, 128: 0.2}
+
+
+@dataclass
+class NetConfig:
+    arch: str = "ibrnet"  # ibrnet | brnet | irnet | elemnet
+    input_width: int = 86
+    branches: int = 2  # iBRNet: parallel branches reading the input
+    branch_widths: tuple[int, ...] = (1024, 1024)
+    trunk_widths: tuple[int, ...] = IBRNET_TRUNK
+    leaky_slope: float = 0.3  # Keras' LeakyReLU default (PyTorch's is 0.01)
+    # Standardisation baked into the model; identity unless training sets them from the data.
+    input_mean: list[float] = field(default_factory=list)
+    input_std: list[float] = field(default_factory=list)
+    target_shift: float = 0.0
+    target_scale: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> NetConfig:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        for key in ("branch_widths", "trunk_widths"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std with stored statistics, and the inverse for the target."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        width = config.input_width
+        mean = torch.tensor(config.input_mean or [0.0] * width, dtype=torch.float32)
+        std = torch.tensor(config.input_std or [1.0] * width, dtype=torch.float32)
+        if mean.shape != (width,) or std.shape != (width,):
+            raise ValueError(f"normalisation statistics must have {width} values")
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
+        self.register_buffer("shift", torch.tensor(float(config.target_shift)))
+        self.register_buffer("scale", torch.tensor(float(config.target_scale)))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.inv_std
+
+    def outputs(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale + self.shift
+
+
+def _dense(n_in: int, n_out: int) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    nn.init.xavier_uniform_(layer.weight)  # Keras' glorot_uniform
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ResidualUnit(nn.Module):
+    """``x + act(Dense(x))``; where the width changes, the skip is its own linear projection."""
+
+    def __init__(self, n_in: int, n_out: int, slope: float) -> None:
+        super().__init__()
+        self.dense = _dense(n_in, n_out)
+        self.act = nn.LeakyReLU(slope)
+        self.skip = _dense(n_in, n_out) if n_in != n_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.act(self.dense(x))
+
+
+def _units(widths: tuple[int, ...], n_in: int, slope: float) -> nn.Sequential:
+    layers = []
+    for width in widths:
+        layers.append(ResidualUnit(n_in, width, slope))
+        n_in = width
+    return nn.Sequential(*layers)
+
+
+class IBRNet(nn.Module):
+    """Branches of residual units read the input, their outputs add, a residual trunk follows."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.norm = Standardise(config)
+        slope = config.leaky_slope
+        self.branches = nn.ModuleList(
+            _units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
+        )
+        self.trunk = _units(config.trunk_widths, config.branch_widths[-1], slope)
+        self.head = _dense(config.trunk_widths[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [n, 1]
+        x = self.norm.inputs(x)
+        merged = self.branches[0](x)
+        for branch in self.branches[1:]:
+            merged = merged + branch(x)  # [n, 1024]
+        return self.norm.outputs(self.head(self.trunk(merged)))
+
+
+class IRNetLayer(nn.Module):
+    """Dense -> BatchNorm -> ReLU with its own skip (a projection where the width changes)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.dense = _dense(n_in, n_out)
+        self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01)  # Keras: epsilon 1e-3, momentum 0.99
+        self.skip = _dense(n_in, n_out) if n_in != n_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + torch.relu(self.bn(self.dense(x)))
+
+
+class IRNet(nn.Module):
+    """IRNet-17 (Jha et al.): 16 Dense-BN-ReLU layers, each with a skip connection, then Dense(1)."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.norm = Standardise(config)
+        layers, n_in = [], config.input_width
+        for width in SEVENTEEN:
+            layers.append(IRNetLayer(n_in, width))
+            n_in = width
+        self.body = nn.Sequential(*layers)
+        self.head = _dense(n_in, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm.outputs(self.head(self.body(self.norm.inputs(x))))
+
+
+class ElemNet(nn.Module):
+    """ElemNet-17 (Jha et al. 2018): 16 Dense-ReLU layers with dropout after four groups, Dense(1)."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.norm = Standardise(config)
+        layers: list[nn.Module] = []
+        n_in = config.input_width
+        for i, width in enumerate(SEVENTEEN):
+            layers += [_dense(n_in, width), nn.ReLU()]
+            last_of_group = i + 1 == len(SEVENTEEN) or SEVENTEEN[i + 1] != width
+            if last_of_group and width in ELEMNET_DROPOUT:
+                layers.append(nn.Dropout(ELEMNET_DROPOUT[width]))
+            n_in = width
+        self.body = nn.Sequential(*layers)
+        self.head = _dense(n_in, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm.outputs(self.head(self.body(self.norm.inputs(x))))
+
+
+class Ensemble(nn.Module):
+    """Members averaged: y [n, 2] = mean and (population) standard deviation over members."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack([member(x) for member in self.members], dim=0)  # [k, n, 1]
+        mean = stacked.mean(dim=0)
+        std = (stacked - mean).pow(2).mean(dim=0).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
+def build_network(config: NetConfig) -> nn.Module:
+    if config.arch in ("ibrnet", "brnet"):  # one network; BRNet differs only in its training
+        return IBRNet(config)
+    if config.arch == "irnet":
+        return IRNet(config)
+    if config.arch == "elemnet":
+        return ElemNet(config)
+    raise ValueError(f"unknown architecture {config.arch!r}; choose one of {ARCHITECTURES}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters (buffers such as normalisation statistics are not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
