@@ -1,0 +1,362 @@
+"""Screening jobs: POST /screen, GET /screen[/{id}[/results]], DELETE /screen/{id}.
+
+A screen is submitted as JSON (an enumeration or a formula list) or as a multipart upload of a
+CSV/Parquet file, checked in full before it is queued (unknown element, property, too large:
+4xx at once), and run by the in-service runner (app.screening.runner). Results are pages of
+rows shaped like /predict answers, or the whole table as CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import pyarrow.csv as pa_csv
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.responses import Response, StreamingResponse
+
+from app.api.formats import json_response
+from app.errors import DomainError, NotFoundError
+from app.schemas import ERROR_RESPONSES, ErrorResponse
+from app.screening.io import MEDIA_TYPES, format_of, read_formulas, rows_table, table_bytes
+from app.screening.runner import ScreeningRunner
+from app.screening.spec import ScreenRequest
+from app.screening.submit import prepare_screen
+from app.settings import Settings
+from app.store.database import StoreUnavailable
+from app.store.jobs import FINISHED, Job, JobStore, ResultRow
+
+router = APIRouter(tags=["screening"])
+
+MAX_PAGE = 10_000
+_T = TypeVar("_T")
+ResultFormat = Literal["json", "csv", "parquet"]
+_ACCEPTED: dict[str, ResultFormat] = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/parquet": "parquet",
+}
+_SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": ScreenRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "CSV or Parquet"},
+                    "formula_column": {"type": "string", "default": "formula"},
+                    "options": {
+                        "type": "string",
+                        "description": 'JSON object: the other request fields, e.g. {"sort_by": "band_gap"}',
+                    },
+                },
+            }
+        },
+    },
+}
+
+
+_NO_JOB = {404: {"model": ErrorResponse, "description": "No such job (job_not_found)"}}
+_FINISHED = {409: {"model": ErrorResponse, "description": "The job already ended (job_finished)"}}
+
+
+class JobsUnavailable(DomainError):
+    status_code = 503
+
+
+class JobFinished(DomainError):
+    status_code = 409
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Called by app.main's lifespan: the job runner lives as long as the service."""
+    settings: Settings = app.state.settings
+    runner = ScreeningRunner.from_settings(settings, JobStore(app.state.store.engine))
+    runner.start()
+    app.state.screening = runner
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(runner.stop)
+
+
+@router.post(
+    "/screen",
+    status_code=202,
+    responses={202: {"description": "queued"}, **ERROR_RESPONSES},
+    openapi_extra={"requestBody": _SUBMIT_BODY},
+)
+async def submit(request: Request) -> Response:
+    """Queue a screen: `{"chemsys": "Li-Fe-O", "max_atoms": 6, ...}`, `{"formulas": [...]}`, or a
+    multipart upload (`file` = CSV/Parquet, `formula_column`, `options` = JSON of the other fields)."""
+    settings: Settings = request.app.state.settings
+    runner: ScreeningRunner = request.app.state.screening
+    screen, formulas = await _read_submission(request)
+    prepared = await asyncio.to_thread(
+        prepare_screen,
+        screen,
+        request.app.state.registry,
+        max_compositions=settings.screen_max_compositions,
+        max_formula_length=settings.max_formula_length,
+        formulas=formulas,
+    )
+    job = await _store(
+        runner.jobs.create,
+        uuid.uuid4().hex,
+        prepared.stored_request(),
+        prepared.models.describe(),
+        prepared.total,
+        prepared.formulas,
+    )
+    runner.wake()
+    response = json_response(job_view(job), status_code=202)
+    response.headers["Location"] = f"/screen/{job.id}"
+    return response
+
+
+@router.get("/screen", responses=ERROR_RESPONSES)
+async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
+    """The most recent jobs, newest first."""
+    jobs = await _store(_jobs(request).recent, limit)
+    return json_response({"jobs": [job_view(job) for job in jobs]})
+
+
+@router.get("/screen/{job_id}", responses={**_NO_JOB, **ERROR_RESPONSES})
+async def status(job_id: str, request: Request) -> Response:
+    """Status (queued, running, succeeded, failed, cancelled) and progress {done, total}."""
+    job = await _job(request, job_id)
+    view = job_view(job)
+    view["result_count"] = await _store(_jobs(request).count_results, job.id)
+    return json_response(view)
+
+
+@router.delete("/screen/{job_id}", responses={**_NO_JOB, **_FINISHED})
+async def cancel(job_id: str, request: Request) -> Response:
+    """Cancel a queued or running job; the runner stops at its next chunk (rows so far are kept)."""
+    job = await _job(request, job_id)
+    if job.status in FINISHED - {"cancelled"}:
+        raise JobFinished("job_finished", f"job {job_id} already {job.status}", id=job_id, status=job.status)
+    cancelled = await _store(_jobs(request).cancel, job_id)
+    assert cancelled is not None
+    return json_response(job_view(cancelled))
+
+
+@router.get(
+    "/screen/{job_id}/results",
+    responses={
+        200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
+        **_NO_JOB,
+        **ERROR_RESPONSES,
+    },
+)
+async def results(
+    job_id: str,
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    format: Annotated[
+        ResultFormat | None, Query(description="overrides Accept: json, csv or parquet")
+    ] = None,
+) -> Response:
+    """Rows in ranking order (sort_by) or input order. JSON: one page (`offset`, `limit`);
+    CSV and Parquet (`Accept` or `?format=`): every row. A running job shows its rows so far."""
+    job = await _job(request, job_id)
+    jobs = _jobs(request)
+    chosen = format or _negotiate(request.headers.get("accept"))
+    if chosen == "json":
+        rows = await _store(jobs.results, job, offset, limit)
+        count = await _store(jobs.count_results, job.id)
+        next_offset = offset + len(rows) if offset + len(rows) < count else None
+        page = {
+            "id": job.id,
+            "status": job.status,
+            "progress": {"done": job.done, "total": job.total},
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+            "next_offset": next_offset,
+            "results": [api_row(row, job.models) for row in rows],
+        }
+        return json_response(page)
+    properties = list(job.models)
+    headers = {"Content-Disposition": f'attachment; filename="screen-{job.id}.{chosen}"'}
+    if chosen == "csv":
+        return StreamingResponse(
+            _csv_stream(jobs, job, properties), media_type=MEDIA_TYPES["csv"], headers=headers
+        )
+    body = await _store(
+        lambda: table_bytes(
+            (
+                rows_table([api_row(r, job.models) for r in batch], properties)
+                for batch in jobs.iter_results(job)
+            ),
+            properties,
+            "parquet",
+        )
+    )
+    return Response(body, media_type=MEDIA_TYPES["parquet"], headers=headers)
+
+
+# -- views ----------------------------------------------------------------------------------------
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": {"done": job.done, "total": job.total},
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,  # > 1: resumed after a restart
+        "request": job.request,
+        "models": job.models,
+        "results": f"/screen/{job.id}/results",
+    }
+
+
+def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A stored row as /predict shapes its answer (plus ``index``, the row's input position)."""
+    if "error" in row.payload:
+        return {"index": row.row_index, "formula": row.formula, "error": row.payload["error"]}
+    predictions = {
+        name: {
+            "value": value,
+            "unit": models[name]["unit"],
+            "model": models[name]["model"],
+            "version": models[name]["version"],
+            "uncertainty": uncertainty,
+            "cached": False,  # screening computes every row; it does not read the cache
+        }
+        for name, (value, uncertainty) in row.payload["p"].items()
+    }
+    return {
+        "index": row.row_index,
+        "formula": row.formula,
+        "composition": row.composition,
+        "predictions": predictions,
+    }
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+async def _read_submission(request: Request) -> tuple[ScreenRequest, list[str] | None]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _read_upload(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DomainError("invalid_json", f"the request body is not valid JSON: {error}") from None
+    return _validated(body), None
+
+
+async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
+    form = await request.form(max_files=1, max_fields=16)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise DomainError(
+            "missing_file", "a multipart screen needs a 'file' field with a CSV or Parquet file"
+        )
+    options_text = form.get("options") or "{}"
+    try:
+        options = json.loads(str(options_text))
+    except json.JSONDecodeError as error:
+        raise DomainError("invalid_options", f"'options' is not a JSON object: {error}") from None
+    if not isinstance(options, dict) or "formulas" in options or "chemsys" in options:
+        raise DomainError(
+            "invalid_options", "'options' must be a JSON object without 'formulas' or 'chemsys'"
+        )
+    screen = _validated({**options, "formulas": []})
+    file_format = format_of(upload.filename or "upload")
+    column = str(form.get("formula_column") or "formula")
+    formulas = await asyncio.to_thread(read_formulas, upload.file, column, file_format)
+    return screen, formulas
+
+
+def _validated(body: Any) -> ScreenRequest:
+    try:
+        return ScreenRequest.model_validate(body)
+    except ValidationError as error:
+        # The service's one validation-error format (app/api/errors.py).
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem.get("loc", ()))} for problem in error.errors()]
+        ) from None
+
+
+def _negotiate(accept: str | None) -> ResultFormat:
+    best: tuple[float, ResultFormat] | None = None
+    for item in (accept or "").split(","):
+        media_type, *parameters = (part.strip() for part in item.split(";"))
+        chosen = _ACCEPTED.get(media_type.lower())
+        if chosen is None:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            name, _, number = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(number)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, chosen)
+    return best[1] if best else "json"
+
+
+async def _csv_stream(jobs: JobStore, job: Job, properties: list[str]) -> AsyncIterator[bytes]:
+    batches = jobs.iter_results(job)
+    header = True
+    while True:
+        batch = await _store(next, batches, None)
+        if batch is None:
+            if header:  # no rows at all: still a header
+                yield _csv_bytes(rows_table([], properties), header=True)
+            return
+        yield _csv_bytes(rows_table([api_row(r, job.models) for r in batch], properties), header=header)
+        header = False
+
+
+def _csv_bytes(table: Any, header: bool) -> bytes:
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=header))
+    return buffer.getvalue()
+
+
+def _jobs(request: Request) -> JobStore:
+    return request.app.state.screening.jobs
+
+
+async def _job(request: Request, job_id: str) -> Job:
+    job = await _store(_jobs(request).get, job_id)
+    if job is None:
+        raise NotFoundError("job_not_found", f"no screening job {job_id!r}", id=job_id)
+    return job
+
+
+async def _store(operation: Callable[..., _T], *args: Any) -> _T:
+    """A job-store call off the event loop; an unreachable database becomes a 503."""
+    try:
+        return await asyncio.to_thread(operation, *args)
+    except StoreUnavailable as error:
+        raise JobsUnavailable("database_unavailable", f"screening jobs need the database: {error}") from None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

@@ -1,0 +1,193 @@
+"""One chunk of a screen: featurize once per feature set, run every requested model, filter.
+
+Shared by the in-service runner, the local CLI and the Dask workers, so the three give the same
+numbers for the same input. Results are columnar (numpy arrays per property) until the edge that
+needs rows (the job store) or a table (CSV/Parquet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, parse_formula
+from app.chemistry.ragged import RaggedBatch
+from app.errors import DomainError
+from app.inference.registry import LoadedModel, ModelRegistry
+from app.screening.spec import PropertyFilter, ScreenRequest
+from app.screening.stoichiometry import StoichiometryEncoder
+
+
+@dataclass
+class ChunkResult:
+    """Rows of one chunk. Refused formulas have an error and NaN predictions."""
+
+    row_index: np.ndarray  # int64: position of each row in the screen's input
+    formulas: list[str]
+    compositions: list[str | None]
+    values: dict[str, np.ndarray]  # property -> float64
+    uncertainties: dict[str, np.ndarray]  # property -> float64, NaN for point models
+    errors: list[dict[str, Any] | None]
+
+    def __len__(self) -> int:
+        return len(self.formulas)
+
+    def take(self, index: np.ndarray) -> ChunkResult:
+        """The rows at ``index`` (a boolean mask or positions), in that order."""
+        positions = np.flatnonzero(index) if index.dtype == bool else index
+        picked = positions.tolist()
+        return ChunkResult(
+            row_index=self.row_index[positions],
+            formulas=[self.formulas[i] for i in picked],
+            compositions=[self.compositions[i] for i in picked],
+            values={name: column[positions] for name, column in self.values.items()},
+            uncertainties={name: column[positions] for name, column in self.uncertainties.items()},
+            errors=[self.errors[i] for i in picked],
+        )
+
+
+class ScreenModels:
+    """The models a screen asks for, and how to run them on a chunk."""
+
+    def __init__(self, models: Sequence[LoadedModel], max_formula_length: int = MAX_FORMULA_LENGTH) -> None:
+        if not models:
+            raise DomainError("no_models", "no model is loaded, so there is nothing to screen with")
+        self.models = list(models)
+        self.properties = [model.property for model in self.models]
+        self.max_formula_length = max_formula_length
+        # A row must be featurizable by every requested model.
+        self.elements: frozenset[str] = frozenset.intersection(*(model.elements for model in self.models))
+
+    @classmethod
+    def from_registry(
+        cls,
+        registry: ModelRegistry,
+        properties: Sequence[str] | None,
+        max_formula_length: int = MAX_FORMULA_LENGTH,
+    ) -> ScreenModels:
+        return cls(registry.resolve(properties), max_formula_length)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """What a job records about each model, so its results name the model that made them."""
+        return {
+            model.property: {
+                "model": model.name,
+                "version": model.version,
+                "unit": model.unit,
+                "uncertainty": model.manifest.output.kind == "ensemble",
+            }
+            for model in self.models
+        }
+
+    def predict_batch(self, batch: RaggedBatch) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(values, uncertainties) per property; each feature set is computed once for all models."""
+        features: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        uncertainties: dict[str, np.ndarray] = {}
+        for model in self.models:
+            spec = model.manifest.features.spec
+            if spec not in features:
+                features[spec] = np.asarray(model.featurizer.transform_batch(batch), dtype=np.float32)
+            output = model.run(features[spec]).astype(np.float64)
+            values[model.property] = output[:, 0]
+            uncertainties[model.property] = output[:, 1]
+        return values, uncertainties
+
+    def predict_amounts(
+        self, encoder: StoichiometryEncoder, amounts: np.ndarray, first_row: int
+    ) -> ChunkResult:
+        """An enumeration chunk: every row is valid by construction (elements checked up front)."""
+        keys = encoder.keys(amounts)
+        values, uncertainties = self.predict_batch(encoder.batch(amounts))
+        return ChunkResult(
+            row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),
+            formulas=keys,
+            compositions=list(keys),
+            values=values,
+            uncertainties=uncertainties,
+            errors=[None] * len(amounts),
+        )
+
+    def predict_formulas(self, formulas: Sequence[str], first_row: int) -> ChunkResult:
+        """Formulas as given: each is parsed once; a refused one becomes a row with its error."""
+        parsed: list[ParsedFormula] = []
+        valid: list[int] = []
+        errors: list[dict[str, Any] | None] = [None] * len(formulas)
+        compositions: list[str | None] = [None] * len(formulas)
+        for position, text in enumerate(formulas):
+            try:
+                formula = parse_formula(text, self.elements, self.max_formula_length)
+            except DomainError as error:
+                errors[position] = error.to_dict()
+                continue
+            except Exception:  # a parser bug costs one row, never the job (as in /predict/batch)
+                errors[position] = {
+                    "code": "invalid_formula",
+                    "message": f"cannot parse formula {text[:80]!r}",
+                }
+                continue
+            parsed.append(formula)
+            valid.append(position)
+            compositions[position] = formula.canonical_key
+        values = {name: np.full(len(formulas), np.nan) for name in self.properties}
+        uncertainties = {name: np.full(len(formulas), np.nan) for name in self.properties}
+        if parsed:
+            got_values, got_uncertainties = self.predict_batch(RaggedBatch.from_formulas(parsed))
+            for name in self.properties:
+                values[name][valid] = got_values[name]
+                uncertainties[name][valid] = got_uncertainties[name]
+        return ChunkResult(
+            row_index=np.arange(first_row, first_row + len(formulas), dtype=np.int64),
+            formulas=[str(text) for text in formulas],
+            compositions=compositions,
+            values=values,
+            uncertainties=uncertainties,
+            errors=errors,
+        )
+
+
+def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:
+    """Boolean mask of the rows that satisfy every filter (refused rows never do, if any filter is set)."""
+    keep = np.ones(len(result), dtype=bool)
+    filtering = bool(request.filters) or request.max_uncertainty is not None
+    if not filtering:
+        return keep
+    keep &= np.array([error is None for error in result.errors], dtype=bool)
+    for name, bounds in request.filters.items():
+        keep &= _within(result.values[name], result.uncertainties[name], bounds)
+    if request.max_uncertainty is not None:
+        for uncertainty in result.uncertainties.values():
+            # NaN = a point model without an uncertainty: max_uncertainty does not apply to it.
+            keep &= np.isnan(uncertainty) | (uncertainty <= request.max_uncertainty)
+    return keep
+
+
+def _within(values: np.ndarray, uncertainty: np.ndarray, bounds: PropertyFilter) -> np.ndarray:
+    keep = np.isfinite(values)
+    if bounds.min is not None:
+        keep &= values >= bounds.min
+    if bounds.max is not None:
+        keep &= values <= bounds.max
+    if bounds.max_uncertainty is not None:
+        keep &= uncertainty <= bounds.max_uncertainty  # False for NaN: unknown is not "certain enough"
+    return keep
+
+
+def rank_within(result: ChunkResult, request: ScreenRequest) -> ChunkResult:
+    """Sorted by ``sort_by`` (ties in input order) and cut to ``top_k``; rows without a value last/out.
+
+    The global top_k of a screen is within the union of its chunks' top_k, so workers cut
+    their partitions before sending them.
+    """
+    if request.sort_by is None:
+        return result
+    values = result.values[request.sort_by]
+    finite = np.isfinite(values)
+    order_key = np.where(finite, values if request.ascending else -values, np.inf)
+    order = np.lexsort((result.row_index, order_key))  # last key is primary
+    if request.top_k is not None:
+        order = order[finite[order]][: request.top_k]
+    return result.take(order)

@@ -1,0 +1,184 @@
+"""Screening files: formulas in from CSV or Parquet, results out to CSV or Parquet, streamed.
+
+Result tables have one fixed schema per set of properties, whatever the chunk: index (the
+row's position in the input), formula, composition, then ``<property>`` and
+``<property>_uncertainty`` for each property (null where a model gives no uncertainty or the
+formula was refused), then error_code and error_message.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from app.errors import DomainError
+from app.screening.compute import ChunkResult
+
+Format = Literal["csv", "parquet"]
+FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MEDIA_TYPES: dict[Format, str] = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+class InputFileError(DomainError):
+    """An uploaded or named input file the screen cannot read."""
+
+
+def format_of(name: str) -> Format:
+    suffix = Path(name).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputFileError(
+            "unsupported_file_type",
+            f"{name!r} is neither .csv nor .parquet",
+            file=name,
+            supported=sorted(FORMATS),
+        )
+    return FORMATS[suffix]
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+def result_schema(properties: Sequence[str]) -> pa.Schema:
+    fields = [
+        pa.field("index", pa.int64()),
+        pa.field("formula", pa.string()),
+        pa.field("composition", pa.string()),
+    ]
+    for name in properties:
+        fields += [pa.field(name, pa.float64()), pa.field(f"{name}_uncertainty", pa.float64())]
+    fields += [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
+    return pa.schema(fields)
+
+
+def chunk_table(result: ChunkResult, properties: Sequence[str]) -> pa.Table:
+    columns: list[Any] = [result.row_index, result.formulas, result.compositions]
+    for name in properties:
+        # from_pandas: NaN (no value, no uncertainty) becomes null, not the text "nan".
+        columns += [
+            pa.array(result.values[name], pa.float64(), from_pandas=True),
+            pa.array(result.uncertainties[name], pa.float64(), from_pandas=True),
+        ]
+    columns += [
+        [None if error is None else error["code"] for error in result.errors],
+        [None if error is None else error["message"] for error in result.errors],
+    ]
+    return pa.Table.from_arrays(columns, schema=result_schema(properties))
+
+
+def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.Table:
+    """API-shaped rows ({index, formula, composition, predictions | error}) as a result table."""
+    values = {name: np.full(len(rows), np.nan) for name in properties}
+    uncertainties = {name: np.full(len(rows), np.nan) for name in properties}
+    for i, row in enumerate(rows):
+        for name, prediction in (row.get("predictions") or {}).items():
+            values[name][i] = np.nan if prediction["value"] is None else prediction["value"]
+            uncertainty = prediction.get("uncertainty")
+            uncertainties[name][i] = np.nan if uncertainty is None else uncertainty
+    result = ChunkResult(
+        row_index=np.array([row["index"] for row in rows], dtype=np.int64),
+        formulas=[row["formula"] for row in rows],
+        compositions=[row.get("composition") for row in rows],
+        values=values,
+        uncertainties=uncertainties,
+        errors=[row.get("error") for row in rows],
+    )
+    return chunk_table(result, properties)
+
+
+class ResultWriter:
+    """Appends result tables to a CSV or Parquet file (or binary stream) as they arrive."""
+
+    def __init__(self, sink: str | Path | IO[bytes], properties: Sequence[str], file_format: Format) -> None:
+        self.schema = result_schema(properties)
+        self.rows = 0
+        self._writer: pa_csv.CSVWriter | pq.ParquetWriter
+        if file_format == "csv":
+            self._writer = pa_csv.CSVWriter(sink, self.schema)
+        else:
+            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def table_bytes(tables: Iterator[pa.Table], properties: Sequence[str], file_format: Format) -> bytes:
+    buffer = io.BytesIO()
+    with ResultWriter(buffer, properties, file_format) as writer:
+        for table in tables:
+            writer.write(table)
+    return buffer.getvalue()
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def read_formulas(source: str | Path | IO[bytes], column: str, file_format: Format) -> list[str]:
+    """Every formula of a CSV or Parquet file, in file order (the job stores them anyway)."""
+    return [formula for batch in iter_formulas(source, column, file_format) for formula in batch]
+
+
+def iter_formulas(
+    source: str | Path | IO[bytes], column: str, file_format: Format, batch_size: int = 65_536
+) -> Iterator[list[str]]:
+    """The file's formula column, a batch at a time (memory stays at one batch)."""
+    try:
+        batches = _batches(source, column, file_format, batch_size)
+        for batch in batches:
+            yield ["" if text is None else str(text) for text in batch.column(0).to_pylist()]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
+        raise InputFileError(
+            "unreadable_file", f"cannot read the {file_format} file: {error}", format=file_format
+        ) from None
+
+
+def count_formulas(source: str | Path, column: str, file_format: Format) -> int:
+    """Rows in the file: Parquet says so in its footer; a CSV takes one cheap pass."""
+    if file_format == "parquet":
+        return pq.ParquetFile(source).metadata.num_rows
+    return sum(batch.num_rows for batch in _batches(source, column, "csv", 1 << 20))
+
+
+def _batches(
+    source: str | Path | IO[bytes], column: str, file_format: Format, batch_size: int
+) -> Iterator[Any]:
+    if file_format == "parquet":
+        parquet = pq.ParquetFile(source)
+        if column not in parquet.schema_arrow.names:
+            raise _missing_column(column, parquet.schema_arrow.names)
+        yield from parquet.iter_batches(batch_size=batch_size, columns=[column])
+        return
+    options = pa_csv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column])
+    read = pa_csv.ReadOptions(block_size=1 << 22)
+    try:
+        reader = pa_csv.open_csv(source, read_options=read, convert_options=options)
+    except pa.ArrowKeyError:
+        if hasattr(source, "seek"):
+            source.seek(0)  # type: ignore[union-attr]
+        raise _missing_column(column, pa_csv.open_csv(source).schema.names) from None
+    yield from reader
+
+
+def _missing_column(column: str, names: Sequence[str]) -> InputFileError:
+    return InputFileError(
+        "missing_column",
+        f"the file has no column {column!r}; its columns are {list(names)}",
+        column=column,
+        columns=list(names),
+    )

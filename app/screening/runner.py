@@ -1,0 +1,257 @@
+"""The in-service job runner: one background thread that works through queued screens.
+
+Fair to interactive traffic: it runs its own ONNX Runtime sessions with fewer intra-op threads
+than the service's (IBRNET_SCREEN_INTRA_OP_THREADS, default half), works in small chunks
+(IBRNET_SCREEN_CHUNK_SIZE) and can pause between them (IBRNET_SCREEN_CHUNK_PAUSE_MS). ORT and
+SQLite release the GIL, so the event loop keeps answering /predict while a chunk runs.
+
+Durable: each chunk's rows are committed with the progress in one transaction (JobStore.
+commit_chunk); after a crash the job is claimed again once its lease runs out and resumes at the
+committed progress. A graceful stop hands the job back to the queue at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from app.errors import DomainError
+from app.inference.registry import ModelRegistry
+from app.screening.compute import ChunkResult, ScreenModels, passes_filters, rank_within
+from app.screening.sources import source_for
+from app.screening.spec import ScreenRequest
+from app.settings import Settings
+from app.store.database import StoreUnavailable
+from app.store.jobs import FAILED, SUCCEEDED, Job, JobStore, Ranking
+
+logger = logging.getLogger(__name__)
+
+# How often an idle runner looks for work that other processes queued (its own submissions wake
+# it at once) and for jobs whose runner died.
+IDLE_POLL_S = 1.0
+# Waits between attempts while the database is unreachable (doubling up to the last).
+STORE_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+
+
+class ScreeningRunner:
+    def __init__(
+        self,
+        jobs: JobStore,
+        load_registry: Callable[[], ModelRegistry],
+        *,
+        chunk_size: int = 4096,
+        lease_s: float = 30.0,
+        pause_s: float = 0.0,
+        max_formula_length: int = 256,
+        nice: int = 10,
+    ) -> None:
+        self.jobs = jobs
+        self.chunk_size = chunk_size
+        self.lease_s = lease_s
+        self.pause_s = pause_s
+        self.max_formula_length = max_formula_length
+        self.nice = nice
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self.current_job: str | None = None
+        self.last_error: str | None = None
+        self._load_registry = load_registry
+        self._registry: ModelRegistry | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, jobs: JobStore) -> ScreeningRunner:
+        threads = settings.screen_intra_op_threads or max(1, settings.intra_op_threads // 2)
+
+        def load() -> ModelRegistry:
+            return ModelRegistry.load(
+                settings.models_dir,
+                device=settings.device,
+                intra_op_threads=threads,
+                prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
+                warmup_rows=min(settings.screen_chunk_size, 1024),
+            )
+
+        return cls(
+            jobs,
+            load,
+            chunk_size=settings.screen_chunk_size,
+            lease_s=settings.screen_lease_s,
+            pause_s=settings.screen_chunk_pause_ms / 1000.0,
+            max_formula_length=settings.max_formula_length,
+            nice=settings.screen_nice,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="screening-runner", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current chunk, hand the job back to the queue, and stop."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        _lower_priority(self.nice)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                job = self.jobs.claim(self.owner, self.lease_s)
+                failures = 0
+            except StoreUnavailable as error:
+                self.last_error = str(error)
+                logger.warning("screening runner cannot reach the database: %s", error)
+                self._stopping.wait(STORE_RETRY_S[min(failures, len(STORE_RETRY_S) - 1)])
+                failures += 1
+                continue
+            if job is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            self.current_job = job.id
+            try:
+                self._run(job)
+            except StoreUnavailable as error:  # only while stopping: the lease brings the job back
+                logger.warning("screening job %s left to its lease: %s", job.id, error)
+            except Exception:  # a bug must fail one job, never the runner
+                logger.exception("screening job %s failed", job.id)
+                self._finish(job, FAILED, "internal error; see the service log")
+            finally:
+                self.current_job = None
+
+    def _run(self, job: Job) -> None:
+        logger.info(
+            "screening job %s: starting at row %d of %d (claim %d)", job.id, job.done, job.total, job.attempts
+        )
+        try:
+            request = ScreenRequest.model_validate(job.request)
+            models = self._models(job)
+            formulas = self._with_store(lambda: self.jobs.inputs(job.id)) if request.chemsys is None else None
+            source = source_for(request, formulas, models.elements)
+        except DomainError as error:
+            self._finish(job, FAILED, f"{error.code}: {error.message}")
+            return
+        ranking = Ranking(request.ascending, request.top_k) if request.sort_by is not None else None
+        done = job.done
+        for chunk in source.results(models, start=done, chunk_size=self.chunk_size):
+            rows = _store_rows(
+                rank_within(chunk.take(passes_filters(chunk, request)), request), request.sort_by
+            )
+            new_done = done + len(chunk)
+            committed = self._with_store(
+                lambda rows=rows, done=done, new_done=new_done: self.jobs.commit_chunk(
+                    job.id, self.owner, done, new_done, rows, ranking
+                )
+            )
+            if not committed:  # cancelled (or, after a long outage, taken over by another runner)
+                logger.info("screening job %s: stopped at row %d (no longer ours)", job.id, done)
+                return
+            done = new_done
+            if self._stopping.is_set():
+                self._with_store(lambda: self.jobs.release(job.id, self.owner))
+                logger.info("screening job %s: handed back at row %d", job.id, done)
+                return
+            # Let the event loop's threads have the GIL and the CPU between chunks.
+            time.sleep(self.pause_s)
+        self._finish(job, SUCCEEDED)
+        logger.info("screening job %s: succeeded, %d rows", job.id, done)
+
+    def _models(self, job: Job) -> ScreenModels:
+        if self._registry is None:
+            self._registry = self._load_registry()
+        models = ScreenModels.from_registry(self._registry, list(job.models), self.max_formula_length)
+        for model in models.models:
+            expected = job.models[model.property]["version"]
+            if model.version != expected:
+                # Rows from two model versions in one ranking would be meaningless.
+                raise DomainError(
+                    "model_changed",
+                    f"the {model.property} model changed from version {expected} to {model.version} "
+                    "while the job was queued or running; submit the screen again",
+                )
+        return models
+
+    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+        try:
+            self._with_store(lambda: self.jobs.finish(job.id, self.owner, status, error))
+        except Exception:
+            logger.exception("cannot record the end of screening job %s", job.id)
+
+    def _with_store(self, operation: Callable[[], Any]) -> Any:
+        """Run a database operation, waiting out outages (the job keeps its place meanwhile)."""
+        failures = 0
+        while True:
+            try:
+                return operation()
+            except StoreUnavailable as error:
+                self.last_error = str(error)
+                if self._stopping.is_set():
+                    raise
+                logger.warning("screening runner: database unavailable, retrying: %s", error)
+                self._stopping.wait(STORE_RETRY_S[min(failures, len(STORE_RETRY_S) - 1)])
+                failures += 1
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this thread at a higher nice value (Linux: per thread). Under CPU contention the kernel
+    then favours the request threads (about 9:1 at nice 10), so a big job takes the CPU that
+    /predict leaves idle. ORT's pool threads are created from this thread (the runner opens its
+    own sessions here) and inherit it."""
+    try:
+        thread = threading.get_native_id()
+        # Never raise the priority of a process already started nicer than this.
+        os.setpriority(os.PRIO_PROCESS, thread, max(nice, os.getpriority(os.PRIO_PROCESS, thread)))
+    except (AttributeError, OSError):  # not Linux, or not allowed: fairness then rests on threads
+        logger.info("screening runner: cannot lower its thread priority")
+
+
+def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]]:
+    """Columnar chunk -> rows for JobStore.commit_chunk (compact payload, NaN as null)."""
+    values = {name: column.tolist() for name, column in result.values.items()}
+    uncertainties = {name: column.tolist() for name, column in result.uncertainties.items()}
+    sort_values = values[sort_by] if sort_by is not None else None
+    rows = []
+    for i, (index, formula, composition, error) in enumerate(
+        zip(result.row_index.tolist(), result.formulas, result.compositions, result.errors, strict=True)
+    ):
+        if error is not None:
+            payload: dict[str, Any] = {"error": error}
+        else:
+            payload = {
+                "p": {name: [_finite(values[name][i]), _finite(uncertainties[name][i])] for name in values}
+            }
+        rows.append(
+            {
+                "row_index": index,
+                "formula": formula,
+                "composition": composition,
+                "sort_value": _finite(sort_values[i]) if sort_values is not None else None,
+                "payload": payload,
+            }
+        )
+    return rows
+
+
+def _finite(number: float) -> float | None:
+    return number if math.isfinite(number) else None

@@ -1,0 +1,57 @@
+"""What a screen is: its input (an enumeration or formulas), properties, filters and ranking.
+
+One validated value shared by the HTTP API, the in-service runner and the CLI, and stored as
+JSON with each job so a resumed job reads exactly the request it was given.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.screening.enumerate import MAX_ATOMS_LIMIT
+
+
+class PropertyFilter(BaseModel):
+    """Keep a row only if this property's prediction lies in [min, max] (and is certain enough)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+    max_uncertainty: float | None = Field(None, ge=0)
+
+
+class ScreenRequest(BaseModel):
+    """``{"chemsys", "max_atoms", "include_subsystems", ...}`` or ``{"formulas": [...], ...}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chemsys: str | None = Field(None, max_length=512, examples=["Li-Fe-O"])
+    max_atoms: int = Field(6, ge=1, le=MAX_ATOMS_LIMIT, description="atoms in the reduced formula")
+    include_subsystems: bool = True
+    formulas: list[str] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
+    properties: list[str] | None = Field(None, description="default: every served property")
+    sort_by: str | None = None
+    ascending: bool = True
+    top_k: int | None = Field(None, ge=1, le=1_000_000)
+    filters: dict[str, PropertyFilter] = Field(default_factory=dict)
+    # Applies to every property whose model reports an uncertainty (ensembles); point models
+    # have none, so it does not touch them.
+    max_uncertainty: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_input_and_a_ranking(self) -> Self:
+        if (self.chemsys is None) == (self.formulas is None):
+            raise ValueError("give exactly one input: 'chemsys' (an enumeration) or 'formulas'")
+        if self.top_k is not None and self.sort_by is None:
+            raise ValueError("'top_k' needs 'sort_by': the best rows by which property?")
+        return self
+
+    def required_properties(self) -> list[str] | None:
+        """The requested properties plus those that sorting and filtering need, in order."""
+        if self.properties is None:
+            return None
+        extra = [self.sort_by] if self.sort_by else []
+        return list(dict.fromkeys([*self.properties, *extra, *self.filters]))

@@ -1,0 +1,405 @@
+"""Screening jobs and their results: durable state, progress and rows in the service's database.
+
+Durability rests on one rule: a chunk's result rows and the job's progress are written in ONE
+transaction, guarded by the progress the runner started from (``done = :expected``). A process
+killed at any instant leaves either both or neither, so a restarted runner resumes at ``done``
+and the primary key (job_id, row_index) makes a duplicate row impossible even if two runners
+ever raced.
+
+Runners hold a job through a lease (owner + heartbeat, renewed by every commit). A job whose
+runner died (kill -9) is taken over once its heartbeat is older than the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.store.database import Base, StoreUnavailable, create_schema, describe
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class ScreeningJobRecord(Base):
+    __tablename__ = "screening_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    request: Mapped[str] = mapped_column(Text)  # the validated request as JSON
+    # Formula jobs: the input formulas (zlib-compressed JSON list), so a resume reads the same rows.
+    inputs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    models: Mapped[str] = mapped_column(Text)  # JSON: property -> {name, version, unit}
+    total: Mapped[int] = mapped_column(BigInteger)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)  # input rows whose results are committed
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    # Times are epoch seconds: identical on SQLite and PostgreSQL, and compared as numbers.
+    heartbeat: Mapped[float | None] = mapped_column(Float(precision=53))
+    created_at: Mapped[float] = mapped_column(Float(precision=53), index=True)
+    started_at: Mapped[float | None] = mapped_column(Float(precision=53))
+    finished_at: Mapped[float | None] = mapped_column(Float(precision=53))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims: > 1 means it was resumed
+
+
+class ScreeningResultRecord(Base):
+    __tablename__ = "screening_results"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("screening_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    row_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # position in the input
+    formula: Mapped[str] = mapped_column(Text)
+    composition: Mapped[str | None] = mapped_column(Text)  # canonical key; NULL for a refused formula
+    sort_value: Mapped[float | None] = mapped_column(Float(precision=53))
+    # {"p": {property: [value, uncertainty]}} or {"error": {...}}: properties vary per job.
+    payload: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_screening_results_rank", "job_id", "sort_value", "row_index"),)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job's row."""
+
+    id: str
+    status: str
+    request: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+    total: int
+    done: int
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    row_index: int
+    formula: str
+    composition: str | None
+    sort_value: float | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a job's results are ordered and cut: by one property's value, keeping the best top_k."""
+
+    ascending: bool = True
+    top_k: int | None = None
+
+
+def encode_inputs(formulas: Sequence[str]) -> bytes:
+    return zlib.compress(json.dumps(list(formulas), separators=(",", ":")).encode(), 6)
+
+
+def decode_inputs(blob: bytes) -> list[str]:
+    return json.loads(zlib.decompress(blob))
+
+
+class JobStore:
+    """Every read and write of screening jobs; database failures surface as StoreUnavailable."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._schema_ready = False
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # -- submission and status -------------------------------------------------------------------
+
+    def create(
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        models: dict[str, dict[str, Any]],
+        total: int,
+        inputs: Sequence[str] | None = None,
+    ) -> Job:
+        now = time.time()
+        values = {
+            "id": job_id,
+            "status": QUEUED,
+            "request": json.dumps(request),
+            "inputs": encode_inputs(inputs) if inputs is not None else None,
+            "models": json.dumps(models),
+            "total": total,
+            "done": 0,
+            "created_at": now,
+            "attempts": 0,
+        }
+        with self._guard("create"), self._engine.begin() as connection:
+            connection.execute(insert(ScreeningJobRecord), values)
+        return self.get(job_id)  # type: ignore[return-value]
+
+    def get(self, job_id: str) -> Job | None:
+        with self._guard("get"), self._engine.connect() as connection:
+            row = connection.execute(select(*_JOB_COLUMNS).where(_JOBS.c.id == job_id)).first()
+        return _job(row) if row is not None else None
+
+    def recent(self, limit: int = 100) -> list[Job]:
+        statement = select(*_JOB_COLUMNS).order_by(_JOBS.c.created_at.desc()).limit(limit)
+        with self._guard("list"), self._engine.connect() as connection:
+            return [_job(row) for row in connection.execute(statement)]
+
+    def inputs(self, job_id: str) -> list[str]:
+        with self._guard("inputs"), self._engine.connect() as connection:
+            blob = connection.execute(select(_JOBS.c.inputs).where(_JOBS.c.id == job_id)).scalar_one()
+        return decode_inputs(blob) if blob is not None else []
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Queued or running -> cancelled at once; the runner sees it at its next commit and stops."""
+        statement = (
+            update(ScreeningJobRecord)
+            .where(_JOBS.c.id == job_id, _JOBS.c.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, finished_at=time.time())
+        )
+        with self._guard("cancel"), self._engine.begin() as connection:
+            connection.execute(statement)
+        return self.get(job_id)
+
+    # -- the runner's side -----------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job, or a running one whose runner stopped renewing its lease."""
+        now = time.time()
+        claimable = or_(
+            _JOBS.c.status == QUEUED, and_(_JOBS.c.status == RUNNING, _JOBS.c.heartbeat < now - lease_s)
+        )
+        candidates = select(_JOBS.c.id).where(claimable).order_by(_JOBS.c.created_at).limit(8)
+        with self._guard("claim"), self._engine.connect() as connection:
+            job_ids = list(connection.execute(candidates).scalars())
+        for job_id in job_ids:
+            statement = (
+                update(ScreeningJobRecord)
+                .where(_JOBS.c.id == job_id, claimable)
+                .values(
+                    status=RUNNING,
+                    owner=owner,
+                    heartbeat=now,
+                    attempts=_JOBS.c.attempts + 1,
+                    started_at=func.coalesce(_JOBS.c.started_at, now),
+                )
+            )
+            # The conditional UPDATE is the claim: of several runners, exactly one sees rowcount 1.
+            with self._guard("claim"), self._engine.begin() as connection:
+                claimed = connection.execute(statement).rowcount == 1
+            if claimed:  # read back after the commit, so the snapshot shows the claim
+                return self.get(job_id)
+        return None
+
+    def commit_chunk(
+        self,
+        job_id: str,
+        owner: str,
+        expected_done: int,
+        new_done: int,
+        rows: Sequence[dict[str, Any]],
+        ranking: Ranking | None = None,
+    ) -> bool:
+        """Store a chunk's rows and advance the progress atomically; False if the job is no longer ours.
+
+        ``rows`` are dicts with row_index, formula, composition, sort_value and payload (a dict).
+        With a top_k ranking, rows that fell out of the best top_k are deleted in the same
+        transaction, so a big screen keeps only what it will return.
+        """
+        advance = (
+            update(ScreeningJobRecord)
+            .where(
+                _JOBS.c.id == job_id,
+                _JOBS.c.owner == owner,
+                _JOBS.c.status == RUNNING,
+                _JOBS.c.done == expected_done,
+            )
+            .values(done=new_done, heartbeat=time.time())
+        )
+        values = [{**row, "job_id": job_id, "payload": json.dumps(row["payload"])} for row in rows]
+        with self._guard("commit"), self._engine.begin() as connection:
+            # The UPDATE first: it takes the write lock, so a concurrent cancel is either before
+            # it (rowcount 0, nothing written) or after the commit.
+            if connection.execute(advance).rowcount != 1:
+                connection.rollback()
+                return False
+            if values:
+                connection.execute(insert(ScreeningResultRecord), values)
+            if ranking is not None and ranking.top_k is not None:
+                _keep_top_k(connection, job_id, ranking)
+        return True
+
+    def finish(self, job_id: str, owner: str, status: str, error: str | None = None) -> bool:
+        statement = (
+            update(ScreeningJobRecord)
+            .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
+            .values(status=status, error=error, finished_at=time.time(), heartbeat=time.time())
+        )
+        with self._guard("finish"), self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def release(self, job_id: str, owner: str) -> bool:
+        """Back to the queue (graceful shutdown): the next runner resumes it without waiting for the lease."""
+        statement = (
+            update(ScreeningJobRecord)
+            .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
+            .values(status=QUEUED, owner=None, heartbeat=None)
+        )
+        with self._guard("release"), self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def renew(self, job_id: str, owner: str) -> bool:
+        statement = (
+            update(ScreeningJobRecord)
+            .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
+            .values(heartbeat=time.time())
+        )
+        with self._guard("renew"), self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    # -- results -------------------------------------------------------------------------------
+
+    def count_results(self, job_id: str) -> int:
+        statement = select(func.count()).select_from(_RESULTS).where(_RESULTS.c.job_id == job_id)
+        with self._guard("count"), self._engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
+
+    def results(self, job: Job, offset: int = 0, limit: int = 1000) -> list[ResultRow]:
+        statement = self._ordered(job).offset(offset).limit(limit)
+        with self._guard("results"), self._engine.connect() as connection:
+            return [_result(row) for row in connection.execute(statement)]
+
+    def iter_results(self, job: Job, batch_size: int = 5000) -> Iterator[list[ResultRow]]:
+        """All of a job's rows in result order, a batch at a time (memory stays at one batch)."""
+        offset = 0
+        while True:
+            batch = self.results(job, offset, batch_size)
+            if not batch:
+                return
+            yield batch
+            offset += len(batch)
+
+    def _ordered(self, job: Job) -> Any:
+        columns = select(
+            _RESULTS.c.row_index,
+            _RESULTS.c.formula,
+            _RESULTS.c.composition,
+            _RESULTS.c.sort_value,
+            _RESULTS.c.payload,
+        ).where(_RESULTS.c.job_id == job.id)
+        if job.request.get("sort_by") is None:
+            return columns.order_by(_RESULTS.c.row_index)
+        value = _RESULTS.c.sort_value
+        direction = value.asc() if job.request.get("ascending", True) else value.desc()
+        # Unrankable rows (refused formulas) last on both dialects; ties in input order.
+        return columns.order_by(value.is_(None), direction, _RESULTS.c.row_index)
+
+    @contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        try:
+            if not self._schema_ready:
+                create_schema(self._engine)
+                self._schema_ready = True
+            yield
+        except StoreUnavailable as error:
+            raise StoreUnavailable(f"screening jobs {operation}: {error}") from error
+        except IntegrityError:
+            raise  # a bug (e.g. a duplicate row), not an outage: retrying would repeat it forever
+        except (DBAPIError, PoolTimeoutError) as error:
+            self._schema_ready = False
+            raise StoreUnavailable(f"screening jobs {operation}: {describe(error)}") from error
+
+
+_JOBS = ScreeningJobRecord.__table__
+_RESULTS = ScreeningResultRecord.__table__
+_JOB_COLUMNS = (
+    _JOBS.c.id,
+    _JOBS.c.status,
+    _JOBS.c.request,
+    _JOBS.c.models,
+    _JOBS.c.total,
+    _JOBS.c.done,
+    _JOBS.c.error,
+    _JOBS.c.created_at,
+    _JOBS.c.started_at,
+    _JOBS.c.finished_at,
+    _JOBS.c.attempts,
+)
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row.id,
+        status=row.status,
+        request=json.loads(row.request),
+        models=json.loads(row.models),
+        total=int(row.total),
+        done=int(row.done),
+        error=row.error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempts=int(row.attempts),
+    )
+
+
+def _result(row: Any) -> ResultRow:
+    return ResultRow(row.row_index, row.formula, row.composition, row.sort_value, json.loads(row.payload))
+
+
+def _keep_top_k(connection: Connection, job_id: str, ranking: Ranking) -> None:
+    """Delete the job's rows ranked below the top_k-th (rows without a sort value never rank)."""
+    assert ranking.top_k is not None
+    value, index = _RESULTS.c.sort_value, _RESULTS.c.row_index
+    connection.execute(delete(_RESULTS).where(_RESULTS.c.job_id == job_id, value.is_(None)))
+    direction = value.asc() if ranking.ascending else value.desc()
+    boundary = connection.execute(
+        select(value, index)
+        .where(_RESULTS.c.job_id == job_id)
+        .order_by(direction, index)
+        .offset(ranking.top_k - 1)
+        .limit(1)
+    ).first()
+    if boundary is None:  # fewer than top_k rows so far
+        return
+    worse = value > boundary.sort_value if ranking.ascending else value < boundary.sort_value
+    connection.execute(
+        delete(_RESULTS).where(
+            _RESULTS.c.job_id == job_id,
+            or_(worse, and_(value == boundary.sort_value, index > boundary.row_index)),
+        )
+    )

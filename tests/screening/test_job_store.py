@@ -1,0 +1,129 @@
+"""The job store's guarantees, on SQLite and PostgreSQL: atomic chunks, leases, cancel, top_k."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine
+
+from app.store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobStore, Ranking
+
+
+def rows(indices: range | list[int], value=lambda i: float(i)) -> list[dict]:
+    return [
+        {
+            "row_index": i,
+            "formula": f"Li{i + 1}O",
+            "composition": f"Li{i + 1}O",
+            "sort_value": value(i),
+            "payload": {"p": {"x": [value(i), None]}},
+        }
+        for i in indices
+    ]
+
+
+@pytest.fixture
+def jobs(engine: Engine) -> JobStore:
+    return JobStore(engine)
+
+
+def new_job(jobs: JobStore, total: int = 100, **request: object) -> str:
+    job_id = f"job{time.monotonic_ns()}"
+    jobs.create(
+        job_id, {"sort_by": None, **request}, {"x": {"model": "m", "version": "v", "unit": "u"}}, total
+    )
+    return job_id
+
+
+def test_a_chunk_and_its_progress_commit_together(jobs: JobStore) -> None:
+    job_id = new_job(jobs)
+    claimed = jobs.claim("runner-a", lease_s=60)
+    assert claimed is not None and claimed.id == job_id and claimed.status == RUNNING
+    assert jobs.commit_chunk(job_id, "runner-a", 0, 10, rows(range(10)))
+    assert jobs.get(job_id).done == 10
+    # A commit that does not start from the stored progress (a replayed chunk) writes nothing.
+    assert not jobs.commit_chunk(job_id, "runner-a", 0, 10, rows(range(10)))
+    assert jobs.get(job_id).done == 10
+    assert jobs.count_results(job_id) == 10
+
+
+def test_a_live_lease_keeps_other_runners_out_and_an_expired_one_lets_them_resume(jobs: JobStore) -> None:
+    job_id = new_job(jobs)
+    assert jobs.claim("runner-a", lease_s=60) is not None
+    assert jobs.commit_chunk(job_id, "runner-a", 0, 20, rows(range(20)))
+    assert jobs.claim("runner-b", lease_s=60) is None  # runner-a is alive
+    time.sleep(0.05)
+    taken = jobs.claim("runner-b", lease_s=0.01)  # runner-a stopped renewing (it was killed)
+    assert taken is not None and taken.done == 20 and taken.attempts == 2
+    # The old owner's late commit is refused, and none of its rows land.
+    assert not jobs.commit_chunk(job_id, "runner-a", 20, 30, rows(range(20, 30)))
+    assert jobs.count_results(job_id) == 20
+    assert jobs.commit_chunk(job_id, "runner-b", 20, 100, rows(range(20, 100)))
+    assert jobs.finish(job_id, "runner-b", SUCCEEDED)
+    finished = jobs.get(job_id)
+    assert finished.status == SUCCEEDED and finished.done == 100
+    assert [r.row_index for r in jobs.results(finished, 0, 1000)] == list(range(100))
+
+
+def test_cancel_stops_the_runner_at_its_next_commit(jobs: JobStore) -> None:
+    job_id = new_job(jobs)
+    jobs.claim("runner-a", lease_s=60)
+    assert jobs.commit_chunk(job_id, "runner-a", 0, 10, rows(range(10)))
+    assert jobs.cancel(job_id).status == CANCELLED
+    assert not jobs.commit_chunk(job_id, "runner-a", 10, 20, rows(range(10, 20)))
+    assert not jobs.finish(job_id, "runner-a", SUCCEEDED)
+    job = jobs.get(job_id)
+    assert job.status == CANCELLED and job.done == 10 and jobs.count_results(job_id) == 10
+
+
+def test_a_queued_job_cancelled_is_never_claimed(jobs: JobStore) -> None:
+    job_id = new_job(jobs)
+    jobs.cancel(job_id)
+    assert jobs.claim("runner-a", lease_s=60) is None
+
+
+def test_release_requeues_at_the_committed_progress(jobs: JobStore) -> None:
+    job_id = new_job(jobs)
+    jobs.claim("runner-a", lease_s=60)
+    jobs.commit_chunk(job_id, "runner-a", 0, 30, rows(range(30)))
+    assert jobs.release(job_id, "runner-a")
+    assert jobs.get(job_id).status == QUEUED
+    again = jobs.claim("runner-b", lease_s=60)  # at once: no lease to wait out
+    assert again is not None and again.done == 30
+
+
+def test_jobs_are_claimed_oldest_first(jobs: JobStore) -> None:
+    first, second = new_job(jobs), new_job(jobs)
+    assert jobs.claim("runner-a", lease_s=60).id == first
+    assert jobs.claim("runner-b", lease_s=60).id == second
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_top_k_keeps_exactly_the_best_rows_across_chunks(jobs: JobStore, ascending: bool) -> None:
+    job_id = new_job(jobs, total=400, sort_by="x", ascending=ascending, top_k=25)
+    jobs.claim("runner-a", lease_s=60)
+    value = lambda i: float((i * 37) % 101)  # noqa: E731  (ties: equal values at different rows)
+    for start in range(0, 400, 50):
+        assert jobs.commit_chunk(
+            job_id,
+            "runner-a",
+            start,
+            start + 50,
+            rows(range(start, start + 50), value),
+            Ranking(ascending, 25),
+        )
+        assert jobs.count_results(job_id) == min(25, start + 50)
+    expected = sorted(range(400), key=lambda i: (value(i) if ascending else -value(i), i))[:25]
+    got = jobs.results(jobs.get(job_id), 0, 100)
+    assert [r.row_index for r in got] == expected
+
+
+def test_results_order_puts_rows_without_a_value_last(jobs: JobStore) -> None:
+    job_id = new_job(jobs, total=6, sort_by="x", ascending=False)
+    jobs.claim("runner-a", lease_s=60)
+    values = [3.0, None, 5.0, None, 1.0, 5.0]
+    jobs.commit_chunk(job_id, "runner-a", 0, 6, rows(range(6), lambda i: values[i]))
+    got = jobs.results(jobs.get(job_id), 0, 10)
+    assert [r.row_index for r in got] == [2, 5, 0, 4, 1, 3]
+    assert [r.row_index for r in jobs.results(jobs.get(job_id), 2, 2)] == [0, 4]
