@@ -1,5 +1,8 @@
 """Shared fixtures.
 
+Service tests: ``models_dir`` holds the standard tiny models (tests/model_factory.py), written
+once per session under a fresh salt, so their versions never match a cache another run left.
+
 Databases: ``database_url`` runs a test once on a fresh SQLite file and once on a fresh
 PostgreSQL schema (when IBRNET_TEST_POSTGRES_URL points at a server, e.g. the one
 scripts/start-postgres.sh starts). With CI=true a missing PostgreSQL is a failure, not a skip:
@@ -18,8 +21,21 @@ import pytest
 from sqlalchemy import Engine, make_url
 
 from app.store.database import make_engine
+from tests.model_factory import write_standard_models
 
 POSTGRES_URL_VARIABLE = "IBRNET_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_standard_models(root, salt=uuid.uuid4().hex)
+    return root
 
 
 def postgres_server_url() -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import orjson
 from starlette.responses import Response
@@ -19,6 +19,7 @@ from app.inference.predictor import ItemError, PredictionResult, Result
 from app.inference.registry import LoadedModel
 
 Format = Literal["json", "csv", "ndjson"]
+_F = TypeVar("_F", bound=str)
 MEDIA_TYPES: dict[Format, str] = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
@@ -47,11 +48,17 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
 
 
 def negotiate(accept: str | None) -> Format:
-    """The client's preferred format among ours by q-value (then by order); JSON otherwise."""
-    best: tuple[float, int, Format] | None = None
-    for position, item in enumerate((accept or "").split(",")):
+    """The client's preferred prediction format; JSON when it names none of ours."""
+    return preferred(accept, _ACCEPTED, "json")
+
+
+def preferred(accept: str | None, accepted: Mapping[str, _F], default: _F) -> _F:
+    """The Accept header's choice among `accepted` media types by q-value (the first listed on a
+    tie); `default` when it names none of them."""
+    best: tuple[float, _F] | None = None
+    for item in (accept or "").split(","):
         media_type, *parameters = (part.strip() for part in item.split(";"))
-        chosen = _ACCEPTED.get(media_type.lower())
+        chosen = accepted.get(media_type.lower())
         if chosen is None:
             continue
         quality = 1.0
@@ -63,8 +70,8 @@ def negotiate(accept: str | None) -> Format:
                 except ValueError:
                     quality = 0.0
         if quality > 0 and (best is None or quality > best[0]):
-            best = (quality, position, chosen)
-    return best[2] if best else "json"
+            best = (quality, chosen)
+    return best[1] if best else default
 
 
 async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[bytes]:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from app.api.formats import json_response
+from app.api.formats import json_response, preferred
 from app.errors import DomainError, NotFoundError
 from app.schemas import ERROR_RESPONSES, ErrorResponse
 from app.screening.io import MEDIA_TYPES, format_of, read_formulas, rows_table, table_bytes
@@ -176,7 +176,7 @@ async def results(
     CSV and Parquet (`Accept` or `?format=`): every row. A running job shows its rows so far."""
     job = await _job(request, job_id)
     jobs = _jobs(request)
-    chosen = format or _negotiate(request.headers.get("accept"))
+    chosen = format or preferred(request.headers.get("accept"), _ACCEPTED, "json")
     if chosen == "json":
         rows = await _store(jobs.results, job, offset, limit)
         count = await _store(jobs.count_results, job.id)
@@ -298,26 +298,6 @@ def _validated(body: Any) -> ScreenRequest:
         raise RequestValidationError(
             [{**problem, "loc": ("body", *problem.get("loc", ()))} for problem in error.errors()]
         ) from None
-
-
-def _negotiate(accept: str | None) -> ResultFormat:
-    best: tuple[float, ResultFormat] | None = None
-    for item in (accept or "").split(","):
-        media_type, *parameters = (part.strip() for part in item.split(";"))
-        chosen = _ACCEPTED.get(media_type.lower())
-        if chosen is None:
-            continue
-        quality = 1.0
-        for parameter in parameters:
-            name, _, number = parameter.partition("=")
-            if name.strip() == "q":
-                try:
-                    quality = float(number)
-                except ValueError:
-                    quality = 0.0
-        if quality > 0 and (best is None or quality > best[0]):
-            best = (quality, chosen)
-    return best[1] if best else "json"
 
 
 async def _csv_stream(jobs: JobStore, job: Job, properties: list[str]) -> AsyncIterator[bytes]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import StaticPool
 
@@ -99,6 +102,36 @@ def create_schema(engine: Engine) -> None:
             if _already_exists(error) and attempt + 1 < _SCHEMA_ATTEMPTS:
                 continue
             raise StoreUnavailable(f"cannot create the schema: {describe(error)}") from error
+
+
+class SchemaGuard:
+    """Runs a store's operations with its tables in place and database failures as StoreUnavailable.
+
+    The schema is (re)checked on the first call after a failure, so a database that was down (or
+    came back recreated and empty) is usable once it is back. Exceptions in ``passthrough`` are
+    re-raised as they are (the caller's bugs, not outages).
+    """
+
+    def __init__(self, engine: Engine, store: str, passthrough: tuple[type[Exception], ...] = ()) -> None:
+        self._engine = engine
+        self._store = store
+        self._passthrough = passthrough
+        self._schema_ready = False
+
+    @contextmanager
+    def __call__(self, operation: str) -> Iterator[None]:
+        try:
+            if not self._schema_ready:
+                create_schema(self._engine)
+                self._schema_ready = True
+            yield
+        except StoreUnavailable as error:
+            raise StoreUnavailable(f"{self._store} {operation}: {error}") from error
+        except self._passthrough:
+            raise
+        except (DBAPIError, PoolTimeoutError) as error:
+            self._schema_ready = False
+            raise StoreUnavailable(f"{self._store} {operation}: {describe(error)}") from error
 
 
 def _already_exists(error: DBAPIError) -> bool:

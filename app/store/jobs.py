@@ -16,7 +16,6 @@ import json
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +38,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.store.database import Base, StoreUnavailable, create_schema, describe
+from app.store.database import Base, SchemaGuard
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
@@ -137,7 +135,8 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._schema_ready = False
+        # An IntegrityError (e.g. a duplicate row) is a bug, not an outage: retrying would repeat it forever.
+        self._guard = SchemaGuard(engine, "screening jobs", passthrough=(IntegrityError,))
 
     @property
     def engine(self) -> Engine:
@@ -264,31 +263,26 @@ class JobStore:
         return True
 
     def finish(self, job_id: str, owner: str, status: str, error: str | None = None) -> bool:
-        statement = (
-            update(ScreeningJobRecord)
-            .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
-            .values(status=status, error=error, finished_at=time.time(), heartbeat=time.time())
-        )
-        with self._guard("finish"), self._engine.begin() as connection:
-            return connection.execute(statement).rowcount == 1
+        now = time.time()
+        values = {"status": status, "error": error, "finished_at": now, "heartbeat": now}
+        return self._update_own("finish", job_id, owner, values)
 
     def release(self, job_id: str, owner: str) -> bool:
         """Back to the queue (graceful shutdown): the next runner resumes it without waiting for the lease."""
-        statement = (
-            update(ScreeningJobRecord)
-            .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
-            .values(status=QUEUED, owner=None, heartbeat=None)
-        )
-        with self._guard("release"), self._engine.begin() as connection:
-            return connection.execute(statement).rowcount == 1
+        values = {"status": QUEUED, "owner": None, "heartbeat": None}
+        return self._update_own("release", job_id, owner, values)
 
     def renew(self, job_id: str, owner: str) -> bool:
+        return self._update_own("renew", job_id, owner, {"heartbeat": time.time()})
+
+    def _update_own(self, operation: str, job_id: str, owner: str, values: dict[str, Any]) -> bool:
+        """Update a job this runner is running; False if it is no longer ours (cancelled, taken over)."""
         statement = (
             update(ScreeningJobRecord)
             .where(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
-            .values(heartbeat=time.time())
+            .values(values)
         )
-        with self._guard("renew"), self._engine.begin() as connection:
+        with self._guard(operation), self._engine.begin() as connection:
             return connection.execute(statement).rowcount == 1
 
     # -- results -------------------------------------------------------------------------------
@@ -327,21 +321,6 @@ class JobStore:
         direction = value.asc() if job.request.get("ascending", True) else value.desc()
         # Unrankable rows (refused formulas) last on both dialects; ties in input order.
         return columns.order_by(value.is_(None), direction, _RESULTS.c.row_index)
-
-    @contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        try:
-            if not self._schema_ready:
-                create_schema(self._engine)
-                self._schema_ready = True
-            yield
-        except StoreUnavailable as error:
-            raise StoreUnavailable(f"screening jobs {operation}: {error}") from error
-        except IntegrityError:
-            raise  # a bug (e.g. a duplicate row), not an outage: retrying would repeat it forever
-        except (DBAPIError, PoolTimeoutError) as error:
-            self._schema_ready = False
-            raise StoreUnavailable(f"screening jobs {operation}: {describe(error)}") from error
 
 
 _JOBS = ScreeningJobRecord.__table__

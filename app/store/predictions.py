@@ -27,12 +27,10 @@ from sqlalchemy import DateTime, Engine, Float, String, any_, bindparam, func, s
 from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
-from app.store.database import Base, StoreUnavailable, create_schema, describe
+from app.store.database import Base, SchemaGuard, StoreUnavailable
 
 # SQLite's default bound-variable limit: 999 before 3.32, 32,766 since (sqlite.org/limits.html).
 SQLITE_MAX_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
@@ -112,7 +110,7 @@ class PredictionStore:
         else:
             self.lookup_chunk_size = SQLITE_MAX_VARIABLES - 1  # one variable is the model version
             self.insert_chunk_size = SQLITE_MAX_VARIABLES // _COLUMNS_PER_ROW
-        self._schema_ready = False
+        self._schema_guard = SchemaGuard(engine, "prediction cache")
         # Why the last call failed (for /ready and logs); None once a call succeeds again.
         self.last_error: str | None = None
 
@@ -187,20 +185,13 @@ class PredictionStore:
 
     @contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
-        """Turns database failures into StoreUnavailable; makes sure the tables exist first."""
+        """SchemaGuard, remembering why the last call failed."""
         try:
-            if not self._schema_ready:
-                create_schema(self._engine)
-                self._schema_ready = True
-            yield
+            with self._schema_guard(operation):
+                yield
         except StoreUnavailable as error:
-            self.last_error = f"prediction cache {operation}: {error}"
-            raise StoreUnavailable(self.last_error) from error
-        except (DBAPIError, PoolTimeoutError) as error:
-            # The database may come back recreated and empty: check the tables on the next call.
-            self._schema_ready = False
-            self.last_error = f"prediction cache {operation}: {describe(error)}"
-            raise StoreUnavailable(self.last_error) from error
+            self.last_error = str(error)
+            raise
         self.last_error = None
 
 

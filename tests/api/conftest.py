@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,19 +11,6 @@ from fastapi import FastAPI
 
 from app.settings import Settings
 from tests.api.harness import make_settings, serve
-from tests.model_factory import write_standard_models
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_standard_models(root, salt=uuid.uuid4().hex)
-    return root
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
-"""Helpers for the service tests: an app with its lifespan and an HTTP client, real formulas,
-and a TCP proxy that can cut a database off and bring it back."""
+"""Helpers for the service tests: an app with its lifespan and an HTTP client, real formulas."""
 
 from __future__ import annotations
 
@@ -7,8 +6,6 @@ import asyncio
 import contextlib
 import csv
 import io
-import socket
-import threading
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,67 +77,3 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if found == wanted:
             return float(value)
     return 0.0
-
-
-class TcpProxy:
-    """127.0.0.1:port -> target; ``cut()`` drops every connection and refuses new ones, ``restore()``
-    lets them through again. A database outage as the service sees it, with a real database."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut(self) -> None:
-        self._open.clear()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
-            self._sockets.clear()
-
-    def restore(self) -> None:
-        self._open.set()
-
-    def close(self) -> None:
-        self._stopped = True
-        self.cut()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self._open.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)

@@ -8,10 +8,10 @@ import shutil
 import time
 
 import pytest
-from sqlalchemy import make_url
 
-from tests.api.harness import TcpProxy, flush_cache_writes, make_settings, serve
+from tests.api.harness import flush_cache_writes, make_settings, serve
 from tests.model_factory import reference_outputs, write_model
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -84,18 +84,17 @@ async def test_unreachable_database_still_predicts_and_reports_degraded(models_d
 @needs_postgres
 async def test_postgres_outage_degrades_then_recovers_by_itself(models_dir):
     assert POSTGRES_URL is not None
-    target = make_url(POSTGRES_URL)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    proxy = TcpProxy(POSTGRES_URL)
+    proxy.start()
     try:
-        url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        async with serve(make_settings(models_dir, url)) as (app, client):
+        async with serve(make_settings(models_dir, proxy.url)) as (app, client):
             assert (await client.get("/ready")).status_code == 200
             value, cached = band_gaps((await client.post("/predict", json={"formula": "MgO"})).json())
             assert not cached
             await flush_cache_writes(app)
             assert band_gaps((await client.post("/predict", json={"formula": "MgO"})).json()) == (value, True)
 
-            proxy.cut()  # the database goes away
+            proxy.stop()  # the database goes away
             during = await client.post("/predict", json={"formula": "CaO"})
             assert during.status_code == 200 and band_gaps(during.json())[1] is False
             assert band_gaps((await client.post("/predict", json={"formula": "MgO"})).json()) == (
@@ -105,7 +104,7 @@ async def test_postgres_outage_degrades_then_recovers_by_itself(models_dir):
             ready = await client.get("/ready")
             assert ready.status_code == 503 and ready.json()["status"] == "degraded"
 
-            proxy.restore()  # ... and comes back: nobody restarts the service
+            proxy.start()  # ... and comes back: nobody restarts the service
             deadline = time.monotonic() + 60
             while (await client.get("/ready")).status_code != 200:
                 assert time.monotonic() < deadline, "the service did not notice the database came back"
@@ -114,7 +113,7 @@ async def test_postgres_outage_degrades_then_recovers_by_itself(models_dir):
             assert band_gaps((await client.post("/predict", json={"formula": "CaO"})).json())[1] is True
             assert band_gaps((await client.post("/predict", json={"formula": "MgO"})).json()) == (value, True)
     finally:
-        proxy.close()
+        proxy.stop()
 
 
 @pytest.mark.postgres

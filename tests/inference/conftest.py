@@ -10,11 +10,6 @@ from app.inference.registry import ModelRegistry
 from tests.model_factory import load_registry, write_standard_models
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="session")
 def standard_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("models")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,20 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.api.harness import serve
-from tests.model_factory import write_standard_models
 from tests.screening.helpers import screen_settings
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("screen-models")
-    write_standard_models(root, salt=uuid.uuid4().hex)
-    return root
 
 
 @pytest.fixture

@@ -3,14 +3,9 @@ the job resumes where its last commit left it and ends with exactly the expected
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,63 +13,18 @@ import pytest
 
 from app.screening.enumerate import ChemicalSpace
 from app.screening.stoichiometry import StoichiometryEncoder
+from tests.server_process import ibrnet_serve
 
 pytestmark = pytest.mark.slow
 
-STARTUP_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 180  # a hang guard; the job takes a few seconds
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def server(models_dir: Path, database: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "IBRNET_INTRA_OP_THREADS": "1",
-        # Small chunks with a pause: the job spans many commits and several seconds, so the
-        # kill lands in the middle of it. A short lease: the restarted runner takes it over soon.
-        "IBRNET_SCREEN_CHUNK_SIZE": "16",
-        "IBRNET_SCREEN_CHUNK_PAUSE_MS": "25",
-        "IBRNET_SCREEN_LEASE_S": "1",
-    }
-    env.pop("IBRNET_MODELS_DIR", None)
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--models", str(models_dir)]
-    process = subprocess.Popen(
-        [*command, "--database-url", f"sqlite:///{database}"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+# Small chunks with a pause: the job spans many commits and several seconds, so the kill lands
+# in the middle of it. A short lease: the restarted runner takes it over soon.
+SERVER_ENV = {
+    "IBRNET_SCREEN_CHUNK_SIZE": "16",
+    "IBRNET_SCREEN_CHUNK_PAUSE_MS": "25",
+    "IBRNET_SCREEN_LEASE_S": "1",
+}
 
 
 def stored_rows(database: Path, job_id: str) -> list[tuple[int, str]]:
@@ -93,7 +43,7 @@ def test_sigkill_mid_job_then_restart_finishes_with_exactly_the_expected_rows(
     encoder = StoichiometryEncoder(space.elements, space.max_atoms)
     expected = [key for chunk in space.iter_amounts() for key in encoder.keys(chunk)]
 
-    with server(models_dir, database, tmp_path) as (base, process):
+    with ibrnet_serve(models_dir, f"sqlite:///{database}", tmp_path, SERVER_ENV) as (base, process):
         submitted = httpx.post(f"{base}/screen", json={"chemsys": "Li-O-P-Fe", "max_atoms": 10}, timeout=10)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
@@ -113,7 +63,7 @@ def test_sigkill_mid_job_then_restart_finishes_with_exactly_the_expected_rows(
     assert 160 <= done < len(expected), "the kill did not land mid-job"
     assert [index for index, _ in stored_rows(database, job_id)] == list(range(done))
 
-    with server(models_dir, database, tmp_path) as (base, _):
+    with ibrnet_serve(models_dir, f"sqlite:///{database}", tmp_path, SERVER_ENV) as (base, _):
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while (job := httpx.get(f"{base}/screen/{job_id}", timeout=10).json())["status"] != "succeeded":
             assert job["status"] in ("running", "queued"), job

@@ -12,8 +12,7 @@ from sqlalchemy import Engine, event, make_url
 
 from app.store.database import StoreUnavailable, make_engine
 from app.store.predictions import SQLITE_MAX_VARIABLES, CachedPrediction, PredictionStore
-
-from ._tcp_proxy import TcpProxy, free_port
+from tests.tcp_proxy import TcpProxy, free_port
 
 
 def predictions_for(keys: list[str], offset: float = 0.0) -> dict[str, CachedPrediction]:

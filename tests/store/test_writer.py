@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from app.store.database import make_engine
 from app.store.predictions import CachedPrediction, PredictionStore
 from app.store.writer import CacheWriter
+from tests.tcp_proxy import TcpProxy
 
-from ._tcp_proxy import TcpProxy
 from .conftest import wait_until
 from .test_predictions import predictions_for
 

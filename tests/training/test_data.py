@@ -10,14 +10,8 @@ import pytest
 
 from app.chemistry.featurizers import get_featurizer
 from app.chemistry.formula import parse_formula
-from training.data import (
-    PACKAGED,
-    WHEEL_SHA256,
-    DataRequest,
-    ensure_wheel,
-    find_packaged,
-    load_dataset,
-)
+from training.data import WHEEL_SHA256, DataRequest, ensure_wheel, load_dataset
+from training.datasets import PACKAGED, find_packaged
 
 
 def test_wheel_is_the_published_one():
