@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="model directory to write")
     export.add_argument("--name", help="model name (default: the output folder's name)")
     export.add_argument("--quantize", choices=["int8"], help="also write a quantized variant")
+    export.add_argument(
+        "--weights", choices=["fp32", "fp16"], help="storage of model.onnx's weights (fp16: half the bytes)"
+    )
 
     evaluate = commands.add_parser("evaluate", help="score a model directory on a dataset split")
     evaluate.add_argument("model_dir", metavar="MODEL_DIR")

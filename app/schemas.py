@@ -121,6 +121,30 @@ class ReadyPublic(BaseModel):
     pending_cache_writes: int
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place: no ``$defs``.
+
+    A request body schema placed in OpenAPI by hand (``openapi_extra``) is not collected into
+    ``components``, and its ``#/$defs/...`` refs would resolve against the OpenAPI document's
+    root, where nothing is: clients and schema-driven tools could not read it.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            siblings = {key: value for key, value in node.items() if key != "$ref"}
+            return resolve({**definitions[ref.removeprefix("#/$defs/")], **siblings})
+        return {key: resolve(value) for key, value in node.items()}
+
+    return resolve(schema)
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON (invalid_json)"},
     413: {"model": ErrorResponse, "description": "Body too large (payload_too_large) or too many items"},

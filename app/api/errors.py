@@ -7,6 +7,7 @@ so that every error body has the same shape.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -41,8 +42,14 @@ _HTTP_CODES = {
 def error_response(
     status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response:
+    try:
+        body = orjson.dumps({"error": error})
+    except TypeError:
+        # A detail orjson cannot write (an integer beyond 64 bits: the size of an enormous
+        # enumeration) must not turn a refusal into a 500; the standard library writes any int.
+        body = json.dumps({"error": error}, default=str, ensure_ascii=False).encode()
     return Response(
-        orjson.dumps({"error": error}),
+        body,
         status_code=status_code,
         media_type="application/json",
         headers=headers,

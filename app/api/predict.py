@@ -24,6 +24,7 @@ from app.schemas import (
     BatchPredictRequest,
     PredictionPublic,
     PredictRequest,
+    inline_schema,
 )
 from app.settings import Settings
 
@@ -38,7 +39,7 @@ _BATCH_CONTENT = {
 
 
 def _request_body(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema = inline_schema(model)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 

@@ -26,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.formats import json_response, preferred
 from app.errors import DomainError, NotFoundError
-from app.schemas import ERROR_RESPONSES, ErrorResponse
+from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from app.screening.io import MEDIA_TYPES, format_of, read_formulas, rows_table, table_bytes
 from app.screening.runner import ScreeningRunner
 from app.screening.spec import ScreenRequest
@@ -38,6 +38,9 @@ from app.store.jobs import FINISHED, Job, JobStore, ResultRow
 router = APIRouter(tags=["screening"])
 
 MAX_PAGE = 10_000
+# The largest OFFSET a database takes (a signed 64-bit integer in SQLite and PostgreSQL); a larger
+# one would fail inside the driver instead of being refused as input.
+MAX_OFFSET = 2**63 - 1
 _T = TypeVar("_T")
 ResultFormat = Literal["json", "csv", "parquet"]
 _ACCEPTED: dict[str, ResultFormat] = {
@@ -50,7 +53,7 @@ _ACCEPTED: dict[str, ResultFormat] = {
 _SUBMIT_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": ScreenRequest.model_json_schema()},
+        "application/json": {"schema": inline_schema(ScreenRequest)},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -166,7 +169,7 @@ async def cancel(job_id: str, request: Request) -> Response:
 async def results(
     job_id: str,
     request: Request,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
     format: Annotated[
         ResultFormat | None, Query(description="overrides Accept: json, csv or parquet")
@@ -261,10 +264,21 @@ async def _read_submission(request: Request) -> tuple[ScreenRequest, list[str] |
     if content_type.startswith("multipart/form-data"):
         return await _read_upload(request)
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DomainError("invalid_json", f"the request body is not valid JSON: {error}") from None
+        body = _loads(await request.body())
+    except ValueError as error:
+        # The same 400 invalid_json answer as /predict (app/api/errors.py).
+        problem = {"type": "json_invalid", "loc": ("body",), "ctx": {"error": str(error)}}
+        raise RequestValidationError([{**problem, "msg": "JSON decode error"}]) from None
     return _validated(body), None
+
+
+def _loads(raw: bytes | str) -> Any:
+    """json.loads with every way a document can be unreadable as a ValueError: malformed, not
+    UTF-8, an integer of more than 4300 digits, or nested past the recursion limit."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
@@ -274,10 +288,9 @@ async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
         raise DomainError(
             "missing_file", "a multipart screen needs a 'file' field with a CSV or Parquet file"
         )
-    options_text = form.get("options") or "{}"
     try:
-        options = json.loads(str(options_text))
-    except json.JSONDecodeError as error:
+        options = _loads(str(form.get("options") or "{}"))
+    except ValueError as error:
         raise DomainError("invalid_options", f"'options' is not a JSON object: {error}") from None
     if not isinstance(options, dict) or "formulas" in options or "chemsys" in options:
         raise DomainError(

@@ -43,6 +43,10 @@ class SplitMetrics(BaseModel):
     rmse: float
     r2: float
     n: int
+    # ensembles only: share of rows with |error| <= 1 and 2 sigma, rank correlation of sigma and |error|
+    within_1_sigma: float | None = None
+    within_2_sigma: float | None = None
+    sigma_error_spearman: float | None = None
 
 
 class DatasetInfo(BaseModel):

@@ -16,7 +16,9 @@ from app.screening.enumerate import MAX_ATOMS_LIMIT
 class PropertyFilter(BaseModel):
     """Keep a row only if this property's prediction lies in [min, max] (and is certain enough)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN or infinite bounds are refused: NaN would silently drop every row, and the stored
+    # request (JSON) cannot hold either.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min: float | None = None
     max: float | None = None
@@ -26,13 +28,13 @@ class PropertyFilter(BaseModel):
 class ScreenRequest(BaseModel):
     """``{"chemsys", "max_atoms", "include_subsystems", ...}`` or ``{"formulas": [...], ...}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     chemsys: str | None = Field(None, max_length=512, examples=["Li-Fe-O"])
     max_atoms: int = Field(6, ge=1, le=MAX_ATOMS_LIMIT, description="atoms in the reduced formula")
     include_subsystems: bool = True
     formulas: list[str] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
-    properties: list[str] | None = Field(None, description="default: every served property")
+    properties: list[str] | None = Field(None, min_length=1, description="default: every served property")
     sort_by: str | None = None
     ascending: bool = True
     top_k: int | None = Field(None, ge=1, le=1_000_000)

@@ -1,0 +1,92 @@
+"""Inputs found by fuzzing POST /screen and its results: each is refused with a 4xx naming it.
+
+Before the fixes, each of these answered 500 (or, for NaN, queued a job that silently kept
+no rows and echoed its bound as null).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.screening.enumerate import ChemicalSpace
+from tests.screening.helpers import wait_for
+
+pytestmark = pytest.mark.anyio
+
+JSON = {"Content-Type": "application/json"}
+DEEP = b"[" * 100_000 + b"]" * 100_000  # past Python's recursion limit for json.loads
+HUGE_INT = b"9" * 5000  # past Python's 4300-digit limit for int("...")
+
+
+def assert_refused(response, status: int, code: str, mentions: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert mentions in error["message"], error
+    return error
+
+
+async def assert_nothing_queued(client) -> None:
+    assert (await client.get("/screen")).json()["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (b'{"formulas": ' + DEEP + b"}", "nested too deeply"),
+        (b'{"formulas": ["Fe2O3"], "filters": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}", "nested"),
+        (b'{"formulas": ["Fe2O3"], "sort_by": "band_gap", "top_k": ' + HUGE_INT + b"}", "digits"),
+        (b'{"formulas": ["Fe2O3"]', "not valid JSON"),
+    ],
+)
+async def test_unreadable_json_bodies_are_400_invalid_json(client, body: bytes, mentions: str):
+    assert_refused(await client.post("/screen", content=body, headers=JSON), 400, "invalid_json", mentions)
+    await assert_nothing_queued(client)
+
+
+@pytest.mark.parametrize("options", [DEEP.decode(), '{"top_k": ' + HUGE_INT.decode() + "}"])
+async def test_unreadable_upload_options_are_422_invalid_options(client, options: str):
+    response = await client.post(
+        "/screen",
+        files={"file": ("x.csv", b"formula\nFe2O3\n", "text/csv")},
+        data={"options": options},
+    )
+    assert_refused(response, 422, "invalid_options", "'options'")
+    await assert_nothing_queued(client)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+async def test_non_finite_filter_bounds_are_refused(client, literal: bytes):
+    body = b'{"formulas": ["Fe2O3"], "filters": {"band_gap": {"min": ' + literal + b"}}}"
+    response = await client.post("/screen", content=body, headers=JSON)
+    error = assert_refused(response, 422, "invalid_request", "filters.band_gap.min")
+    assert error["field"] == "filters.band_gap.min"
+    await assert_nothing_queued(client)
+
+
+async def test_an_empty_property_list_names_properties(client):
+    # It used to be read as "no model is loaded" (422 no_models), which blamed the service.
+    response = await client.post("/screen", json={"formulas": ["Fe2O3"], "properties": []})
+    assert assert_refused(response, 422, "invalid_request", "properties")["field"] == "properties"
+    await assert_nothing_queued(client)
+
+
+async def test_an_enumeration_too_large_for_64_bits_is_still_a_413(client):
+    # 20 elements up to 1000 atoms: ~1e41 compositions, a count orjson cannot write.
+    chemsys = "H-Li-Be-B-C-N-O-F-Na-Mg-Al-Si-P-S-Cl-K-Ca-Sc-Ti-V"
+    response = await client.post("/screen", json={"chemsys": chemsys, "max_atoms": 1000})
+    error = assert_refused(response, 413, "too_many_compositions", "compositions")
+    count = ChemicalSpace.from_chemsys(chemsys, 1000).count()
+    assert count >= 2**64 and error["count"] == count
+    await assert_nothing_queued(client)
+
+
+async def test_result_offsets_beyond_64_bits_are_422_not_a_database_error(client):
+    submitted = (await client.post("/screen", json={"formulas": ["Fe2O3", "NaCl"]})).json()
+    await wait_for(client, submitted["id"])
+    results = f"/screen/{submitted['id']}/results"
+    too_far = await client.get(results, params={"offset": 2**63})
+    assert assert_refused(too_far, 422, "invalid_request", "offset")["field"] == "offset"
+    last = await client.get(results, params={"offset": 2**63 - 1})  # the largest a database takes
+    assert last.status_code == 200, last.text
+    assert last.json()["results"] == [] and last.json()["count"] == 2
