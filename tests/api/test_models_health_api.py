@@ -37,6 +37,12 @@ async def test_health_is_alive(client):
     assert response.json() == {"status": "ok"}
 
 
+async def test_health_and_ready_answer_head_probes(client):
+    for path in ("/health", "/ready"):
+        response = await client.head(path)
+        assert response.status_code == 200, path
+
+
 async def test_ready_when_models_and_database_answer(client):
     response = await client.get("/ready")
     assert response.status_code == 200, response.text
