@@ -1,5 +1,8 @@
 """``ibrnet evaluate MODEL_DIR --data ... --split test``: MAE, RMSE, R2 and n through ONNX Runtime.
 
+For an ensemble (output [n, 2] = mean, sigma) it adds calibration: the share of rows within
+1 and 2 sigma and the Spearman rank correlation between sigma and |error|.
+
 Deliberately torch-free: it scores the shipped file exactly as the service would run it, and
 reproduces the metrics ``ibrnet export`` wrote into model.json (same data path, same ORT call).
 """
@@ -16,7 +19,7 @@ from typing import Any
 from app.inference.manifest import INT8_ONNX_FILE, MANIFEST_FILE, ONNX_FILE, ModelManifest, file_sha256
 from training import onnx_model
 from training.data import DataRequest, describe, load_dataset
-from training.metrics import regression_metrics
+from training.metrics import prediction_metrics
 
 
 def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "fp32") -> dict[str, Any]:
@@ -39,7 +42,7 @@ def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "
     dataset = load_dataset(request, splits=(split,))
     print(describe(dataset), file=sys.stderr)
     rows = dataset.splits[split]
-    predicted = onnx_model.predict(onnx_model.session(path), rows.x)[:, 0]
+    predicted = onnx_model.predict(onnx_model.session(path), rows.x)  # [n, 1], or [n, 2] for an ensemble
     return {
         "model": manifest.name,
         "version": manifest.version,
@@ -48,7 +51,7 @@ def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "
         "unit": manifest.unit,
         "dataset": dataset.name,
         "split": split,
-        **regression_metrics(rows.y, predicted),
+        **prediction_metrics(rows.y, predicted),
         "skipped_rows": sum(rows.skipped.values()),
     }
 
@@ -64,4 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result['model']} {result['version']} ({result['variant']}) on {result['dataset']} "
               f"{result['split']}: MAE {result['mae']:.5f} {result['unit']}, RMSE {result['rmse']:.5f}, "
               f"R2 {result['r2']:.4f}, n {result['n']}")  # fmt: skip
+        if "within_1_sigma" in result:
+            print(f"calibration: {100 * result['within_1_sigma']:.1f}% of rows within 1 sigma (68.3% if "
+                  f"Gaussian), {100 * result['within_2_sigma']:.1f}% within 2 sigma (95.4%), Spearman "
+                  f"rho(sigma, |error|) {result['sigma_error_spearman']:.3f}")  # fmt: skip
     return 0

@@ -3,7 +3,11 @@
 One run gives a point model (y [n, 1]); several runs on the same data and features give an
 ensemble (y [n, 2] = mean and standard deviation over members). The exported file must agree
 with PyTorch on 1,000 real inputs, and the manifest's metrics are computed through ONNX Runtime
-on that very file, so they are what the service will deliver.
+on that very file, so they are what the service will deliver. An ensemble's metrics add the
+calibration of its standard deviation (share within 1 and 2 sigma, Spearman rho of sigma and
+|error|). ``--weights fp16`` stores the weight matrices as float16 (half the bytes; see
+training/fp16.py): the manifest then scores that file and records the fp32 file's size and
+metrics beside it, so the cost in accuracy is on record.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from app.inference.manifest import (
     Variant,
     file_sha256,
 )
-from training import onnx_model
+from training import fp16, onnx_model
 from training.data import DataRequest, Dataset, load_dataset
-from training.metrics import regression_metrics
+from training.metrics import prediction_metrics
 from training.nets import Ensemble, count_parameters
 from training.run_dir import load_best_model
 from training.train import command_line
@@ -103,8 +107,8 @@ def check_parity(module: torch.nn.Module, path: Path, x: np.ndarray) -> float:
 def score(path: Path, dataset: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, SplitMetrics]:
     model = onnx_model.session(path)
     return {
-        split: SplitMetrics(**regression_metrics(dataset.splits[split].y,
-                                                 onnx_model.predict(model, dataset.splits[split].x)[:, 0]))
+        split: SplitMetrics(**prediction_metrics(dataset.splits[split].y,
+                                                 onnx_model.predict(model, dataset.splits[split].x)))
         for split in splits
     }  # fmt: skip
 
@@ -156,7 +160,7 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
 
 
 def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
-           command: str = "") -> ModelManifest:  # fmt: skip
+           weights: str = "fp32", command: str = "") -> ModelManifest:  # fmt: skip
     configs, models = _load_members(run_dirs)
     module: torch.nn.Module = models[0] if len(models) == 1 else Ensemble(models).eval()
     first = configs[0]
@@ -172,6 +176,12 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     print(f"parity: max |ONNX - PyTorch| = {worst:.2e} on {min(PARITY_ROWS, len(parity_inputs(dataset)))} "
           f"real inputs", file=sys.stderr)  # fmt: skip
     metrics = score(onnx_path, dataset)
+    variants: dict[str, Variant] = {}
+    if quantize == "int8":  # from the float32 file: dynamic quantization needs float32 weights
+        variants["int8"] = quantize_int8(onnx_path, out_dir / INT8_ONNX_FILE, dataset, metrics)
+    storage: dict[str, Any] = {"storage": "float32"}
+    if weights == "fp16":
+        metrics, storage = store_fp16(onnx_path, dataset, metrics)
     info = {
         k: v for k, v in first["dataset"].items() if k not in ("property", "unit", "description", "citations")
     }
@@ -202,11 +212,41 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         citations=citations,
         parity={"rows": len(parity_inputs(dataset)), "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE},
         onnx_opset=OPSET,
+        variants=variants,
+        weights=storage,
     )
-    if quantize == "int8":
-        manifest.variants["int8"] = quantize_int8(onnx_path, out_dir / INT8_ONNX_FILE, dataset, metrics)
     manifest.save(out_dir)
     return manifest
+
+
+def store_fp16(
+    path: Path, dataset: Dataset, fp32: dict[str, SplitMetrics]
+) -> tuple[dict[str, SplitMetrics], dict[str, Any]]:
+    """Rewrite ``path`` with float16 weight storage; its metrics, and what it cost against fp32."""
+    fp32_bytes = path.stat().st_size
+    x = parity_inputs(dataset)
+    before = onnx_model.predict(onnx_model.session(path), x)
+    converted = fp16.convert(path, path)
+    after = onnx_model.predict(onnx_model.session(path), x)
+    worst = float(np.max(np.abs(after - before))) if len(x) else 0.0
+    metrics = score(path, dataset)
+    delta = {split: metrics[split].mae - fp32[split].mae for split in metrics}
+    size = path.stat().st_size
+    print(f"fp16 weights: {size / 1e6:.1f} MB vs fp32 {fp32_bytes / 1e6:.1f} MB; test MAE "
+          f"{metrics['test'].mae:.5f} vs fp32 {fp32['test'].mae:.5f} (delta {delta['test']:+.2e}, "
+          f"{100 * delta['test'] / fp32['test'].mae:+.3f}%); max |fp16 - fp32| {worst:.2e} on {len(x)} "
+          f"real inputs", file=sys.stderr)  # fmt: skip
+    return metrics, {
+        "storage": "float16",
+        "computation": "float32 (float16 weights are Cast to float32 when the session loads)",
+        "converted_initializers": converted,
+        "bytes": size,
+        "fp32_bytes": fp32_bytes,
+        "fp32_metrics": {split: m.model_dump(exclude_none=True) for split, m in fp32.items()},
+        "mae_delta_vs_fp32": delta,
+        "max_abs_diff_vs_fp32": worst,
+        "rows_compared": len(x),
+    }
 
 
 def quantize_int8(source: Path, target: Path, dataset: Dataset, fp32: dict[str, SplitMetrics]) -> Variant:
@@ -230,9 +270,19 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = [Path(p) for p in (args.run_dir if isinstance(args.run_dir, list) else [args.run_dir])]
     out = Path(args.out)
     manifest = export(
-        run_dirs, out, name=args.name, quantize=args.quantize, command=command_line(args, "export")
+        run_dirs,
+        out,
+        name=args.name,
+        quantize=args.quantize,
+        weights=getattr(args, "weights", None) or "fp32",
+        command=command_line(args, "export"),
     )
     test = manifest.metrics["test"]
     print(f"{out}: {manifest.name} version {manifest.version}, test MAE {test.mae:.5f} {manifest.unit} "
           f"(RMSE {test.rmse:.5f}, R2 {test.r2:.4f}, n {test.n})")  # fmt: skip
+    for split, m in manifest.metrics.items():
+        if m.within_1_sigma is not None:
+            print(f"{split} calibration: {100 * m.within_1_sigma:.1f}% within 1 sigma, "
+                  f"{100 * (m.within_2_sigma or 0):.1f}% within 2 sigma, "
+                  f"Spearman rho(sigma, |error|) {m.sigma_error_spearman:.3f}")  # fmt: skip
     return 0
