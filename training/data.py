@@ -24,7 +24,7 @@ import sys
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -445,7 +445,3 @@ def describe(dataset: Dataset) -> str:
             f"{name}: {len(split.y):,} rows used of {split.rows_considered:,}; refused: {refused}{extra}"
         )
     return "\n".join(lines)
-
-
-def request_dict(request: DataRequest) -> dict[str, Any]:
-    return asdict(request)
