@@ -125,6 +125,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit-min", type=float, help="stop cleanly after this many minutes")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: mixed-precision training (2-3x faster on CPUs with AMX and on GPUs); "
+        "validation, best-epoch choice and the exported model stay float32",
+    )
+    parser.add_argument(
         "--outlier-iqr",
         type=float,
         default=10.0,

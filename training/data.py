@@ -407,10 +407,13 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
         if split == "train" and request.outlier_iqr is not None and len(y) > 0:
             q1, q3 = np.quantile(y.astype(np.float64), [0.25, 0.75])
             spread = request.outlier_iqr * (q3 - q1)
-            inside = (y >= q1 - spread) & (y <= q3 + spread)
-            dropped = int((~inside).sum())
-            notes["train_target_window"] = [float(q1 - spread), float(q3 + spread)]
-            x, y, rows = x[inside], y[inside], rows[inside]
+            if spread > 0:
+                inside = (y >= q1 - spread) & (y <= q3 + spread)
+                dropped = int((~inside).sum())
+                notes["train_target_window"] = [float(q1 - spread), float(q3 + spread)]
+                x, y, rows = x[inside], y[inside], rows[inside]
+            else:  # e.g. band gaps, 93% exactly 0: a zero IQR would call every insulator an outlier
+                notes["train_target_window"] = "not applied: the interquartile range is 0"
         out[split] = Split(
             x=np.ascontiguousarray(x),
             y=y,

@@ -150,8 +150,11 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
         wall_time_s=sum(c.get("result", {}).get("wall_time_s") or 0.0 for c in configs),
         hardware=first["hardware"],
         export_command=export_command,
-        hyperparameters={k: first["train"][k] for k in (
-            "batch_size", "lr", "patience_es", "patience_rlrop", "rlrop_factor", "min_lr", "epochs")},
+        hyperparameters={
+            **{k: first["train"][k] for k in (
+                "batch_size", "lr", "patience_es", "patience_rlrop", "rlrop_factor", "min_lr", "epochs")},
+            "precision": first["train"].get("precision", "fp32"),  # runs from before --precision: fp32
+        },
         loss="mean absolute error",
         optimizer="Adam" + (" + ReduceLROnPlateau" if first["train"]["arch"] != "brnet" else "")
         + " + EarlyStopping (best weights restored)",

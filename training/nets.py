@@ -38,6 +38,9 @@ class NetConfig:
     input_std: list[float] = field(default_factory=list)
     target_shift: float = 0.0
     target_scale: float = 1.0
+    # Predictions below it are raised to it (eval/export only: training keeps the gradient of a
+    # too-low prediction). Training sets 0 when every training target is >= 0 (band gaps).
+    target_floor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,12 +68,23 @@ class Standardise(nn.Module):
         self.register_buffer("inv_std", 1.0 / std)
         self.register_buffer("shift", torch.tensor(float(config.target_shift)))
         self.register_buffer("scale", torch.tensor(float(config.target_scale)))
+        self.floor = config.target_floor
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * self.inv_std
 
     def outputs(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.scale + self.shift
+        y = y * self.scale + self.shift
+        if self.floor is not None and not self.training:
+            y = y.clamp_min(self.floor)
+        return y
+
+
+def float32_head(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """The output layer always in float32: under bf16 autocast a bfloat16 prediction would be rounded
+    to about 1/128 of the target's spread, as coarse as the errors the training is trying to remove."""
+    with torch.autocast(h.device.type, enabled=False):
+        return head(h.float())
 
 
 def _dense(n_in: int, n_out: int) -> nn.Linear:
@@ -119,7 +133,7 @@ class IBRNet(nn.Module):
         merged = self.branches[0](x)
         for branch in self.branches[1:]:
             merged = merged + branch(x)  # [n, 1024]
-        return self.norm.outputs(self.head(self.trunk(merged)))
+        return self.norm.outputs(float32_head(self.head, self.trunk(merged)))
 
 
 class IRNetLayer(nn.Module):
@@ -149,7 +163,7 @@ class IRNet(nn.Module):
         self.head = _dense(n_in, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm.outputs(self.head(self.body(self.norm.inputs(x))))
+        return self.norm.outputs(float32_head(self.head, self.body(self.norm.inputs(x))))
 
 
 class ElemNet(nn.Module):
@@ -170,7 +184,7 @@ class ElemNet(nn.Module):
         self.head = _dense(n_in, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm.outputs(self.head(self.body(self.norm.inputs(x))))
+        return self.norm.outputs(float32_head(self.head, self.body(self.norm.inputs(x))))
 
 
 class Ensemble(nn.Module):

@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    precision: str = "fp32"  # "bf16": autocast the matrix work (AMX/tensor cores); validation stays fp32
     time_limit_min: float | None = None
     eval_batch_size: int = 8192
     target_scaling: bool = True  # bake train mean/std of the target into the output layer
@@ -185,6 +186,7 @@ def normalisation(dataset: Dataset, labels: tuple[str, ...], target_scaling: boo
         "input_std": std.tolist(),
         "target_shift": shift,
         "target_scale": scale,
+        "target_floor": 0.0 if len(y) and y.min() >= 0 else None,  # a non-negative property
     }
 
 
@@ -374,9 +376,9 @@ def train(
                 index = order[start : start + config.batch_size]
                 if len(index) < 2:  # BatchNorm cannot train on one row; a random row sits out this epoch
                     continue
-                loss = F.l1_loss(
-                    model(x_train.index_select(0, index)).squeeze(1), y_train.index_select(0, index)
-                )
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                    prediction = model(x_train.index_select(0, index)).squeeze(1)
+                loss = F.l1_loss(prediction, y_train.index_select(0, index))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -486,6 +488,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         seed=args.seed,
         device=args.device,
         threads=args.threads,
+        precision=args.precision,
         time_limit_min=args.time_limit_min,
         target_scaling=not getattr(args, "no_target_scaling", False),
     )

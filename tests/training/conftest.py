@@ -15,6 +15,7 @@ from training.data import ensure_wheel
 from training.datasets import PACKAGED
 
 FORMATION = PACKAGED["oqmd-formation-enthalpy"]
+BANDGAP = PACKAGED["oqmd-bandgap"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,4 +52,16 @@ def small_folder(tmp_path: Path, oqmd_frames: dict[str, pd.DataFrame]) -> Path:
     folder.mkdir()
     for split, rows in (("train", 300), ("val", 100), ("test", 100)):
         oqmd_frames[split].head(rows).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def bandgap_folder(tmp_path: Path) -> Path:
+    """Real OQMD band gaps (300/100/100 rows): most are exactly 0, as in the whole dataset."""
+    folder = tmp_path / "bandgap"
+    folder.mkdir()
+    with zipfile.ZipFile(ensure_wheel()) as archive:
+        for split, rows in (("train", 300), ("val", 100), ("test", 100)):
+            frame = pd.read_csv(io.BytesIO(archive.read(f"{BANDGAP.member}/{split}.csv")), nrows=rows)
+            frame.to_csv(folder / f"{split}.csv", index=False)
     return folder

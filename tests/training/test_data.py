@@ -149,6 +149,15 @@ def test_folder_dataset_and_train_only_outlier_filter(small_folder):
     assert len(kept.splits["train"].y) == 300
 
 
+def test_outlier_filter_is_not_applied_when_the_interquartile_range_is_zero(bandgap_folder):
+    targets = pd.read_csv(bandgap_folder / "train.csv")["target"]
+    assert targets.quantile(0.75) == 0 and (targets > 0).sum() >= 5  # metals dominate, a few insulators
+    dataset = load_dataset(DataRequest(str(bandgap_folder)))
+    train = dataset.splits["train"]
+    assert train.outliers_dropped == 0 and len(train.y) == 300  # every insulator kept
+    assert "interquartile range is 0" in dataset.info()["train_target_window"]
+
+
 def test_feature_cache_round_trips(tmp_path, small_folder, monkeypatch):
     monkeypatch.setenv("IBRNET_DATA_DIR", str(tmp_path / "cache"))
     first = load_dataset(DataRequest(str(small_folder)))

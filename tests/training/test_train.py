@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from app.cli import main
+from training import onnx_model
 from training.data import DataRequest, load_dataset
+from training.export import write_onnx
 from training.metrics import regression_metrics
 from training.run_dir import BEST_FILE, CHECKPOINT_FILE, load_best_model
 from training.train import EarlyStopping, TrainConfig, train
@@ -56,6 +58,41 @@ def test_run_directory_holds_everything_to_rebuild_the_model(small_folder, tmp_p
     best = min(rows, key=lambda r: float(r["val_mae"]))
     assert regression_metrics(val.y, predicted)["mae"] == pytest.approx(float(best["val_mae"]), rel=1e-6)
     assert config["result"]["best_epoch"] == int(best["epoch"])
+
+
+def test_bf16_training_is_selected_and_scored_in_float32(small_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(small_folder, run, "--epochs", "2", "--precision", "bf16") == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    assert config["net"]["target_floor"] is None  # formation enthalpies are negative
+    _, model = load_best_model(run)
+    val = load_dataset(DataRequest.from_dict(config["data"])).splits["val"]
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(val.x)).squeeze(1).numpy()
+    # the recorded validation MAE is the float32 network's, the one that gets exported
+    assert regression_metrics(val.y, predicted)["mae"] == pytest.approx(
+        config["result"]["best_val_mae"], rel=1e-6
+    )
+
+
+def test_a_non_negative_property_is_never_predicted_below_zero(bandgap_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(bandgap_folder, run, "--epochs", "1", "--lr", "1e-2") == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["net"]["target_floor"] == 0.0
+    _, model = load_best_model(run)
+    x = torch.from_numpy(load_dataset(DataRequest.from_dict(config["data"])).splits["test"].x)
+    with torch.no_grad():
+        model.train()  # training mode: the raw output, so a too-low prediction still has a gradient
+        raw = model(x).squeeze(1)
+        model.eval()
+        served = model(x).squeeze(1)
+    assert raw.min() < 0  # the untrained-enough network does go below zero ...
+    assert served.min() >= 0 and torch.equal(served, raw.clamp_min(0))  # ... and is floored when served
+    write_onnx(model, config["features"]["width"], tmp_path / "model.onnx")
+    exported = onnx_model.predict(onnx_model.session(tmp_path / "model.onnx"), x.numpy())[:, 0]
+    assert exported.min() >= 0 and np.allclose(exported, served.numpy(), atol=1e-5)
 
 
 def test_resume_continues_exactly_where_it_stopped(small_folder, tmp_path):
