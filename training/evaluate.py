@@ -16,7 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.inference.manifest import INT8_ONNX_FILE, MANIFEST_FILE, ONNX_FILE, ModelManifest, file_sha256
+from app.inference.manifest import (
+    INT8_ONNX_FILE,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    ModelManifest,
+    file_sha256,
+    version_from_sha256,
+)
 from training import onnx_model
 from training.data import DataRequest, describe, load_dataset
 from training.metrics import prediction_metrics
@@ -45,7 +52,7 @@ def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "
     predicted = onnx_model.predict(onnx_model.session(path), rows.x)  # [n, 1], or [n, 2] for an ensemble
     return {
         "model": manifest.name,
-        "version": manifest.version,
+        "version": version_from_sha256(actual),  # what the service reports for this file
         "variant": variant,
         "property": manifest.property,
         "unit": manifest.unit,

@@ -84,7 +84,7 @@ def float32_head(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     """The output layer always in float32: under bf16 autocast a bfloat16 prediction would be rounded
     to about 1/128 of the target's spread, as coarse as the errors the training is trying to remove."""
     with torch.autocast(h.device.type, enabled=False):
-        return head(h.float())
+        return head(h if h.dtype == torch.float32 else h.float())  # no Cast node in exported graphs
 
 
 def _dense(n_in: int, n_out: int) -> nn.Linear:

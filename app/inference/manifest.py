@@ -73,6 +73,10 @@ class Variant(BaseModel):
     sha256: str
     quantization: Literal["int8"]
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
+    # which dense layers are int8: those with >= min_layer_weights weights (the rest stay float32)
+    min_layer_weights: int | None = None
+    quantized_layers: int | None = None
+    layers: int | None = None
 
 
 class ModelManifest(BaseModel):

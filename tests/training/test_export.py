@@ -16,7 +16,14 @@ from app.cli import main
 from app.inference.manifest import INT8_ONNX_FILE, ONNX_FILE, ModelManifest, file_sha256
 from training import onnx_model
 from training.data import DataRequest, load_dataset
-from training.export import ParityError, check_parity, parity_inputs
+from training.export import (
+    INT8_VAL_TOLERANCE,
+    ParityError,
+    check_parity,
+    layer_weights,
+    parity_inputs,
+    quantize_layers,
+)
 from training.run_dir import load_best_model
 
 LIMIT = "2000"
@@ -97,6 +104,11 @@ def test_manifest_is_complete(exported, trained_run):
     variant = manifest.variants["int8"]
     assert variant.file == INT8_ONNX_FILE and variant.sha256 == file_sha256(exported / INT8_ONNX_FILE)
     assert variant.metrics["test"].n == 2000
+    # exactly the layers at or above the chosen size are int8, the rest stay float32
+    sizes = layer_weights(exported / ONNX_FILE)
+    assert variant.layers == len(sizes) == 24  # iBRNet's dense layers, skips included
+    assert variant.quantized_layers == sum(size >= variant.min_layer_weights for size in sizes.values())
+    assert variant.metrics["val"].mae <= manifest.metrics["val"].mae * (1 + INT8_VAL_TOLERANCE)
 
 
 def test_onnx_signature(exported):
@@ -165,3 +177,14 @@ def test_ensemble_export(small_folder, tmp_path, capsys):
 def test_evaluate_does_not_need_torch():
     code = "import sys, training.evaluate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_int8_can_leave_the_narrow_layers_in_float32(exported, tmp_path):
+    sizes = layer_weights(exported / ONNX_FILE)
+    wide = {name for name, size in sizes.items() if size >= 2**18}
+    assert len(wide) == 6  # the two 1024x1024 branch layers and the first three trunk layers
+    assert quantize_layers(exported / ONNX_FILE, tmp_path / "int8.onnx", 2**18) == len(wide)
+    quantized = onnx.load(str(tmp_path / "int8.onnx")).graph
+    float_layers = [n.name for n in quantized.node if n.op_type in ("Gemm", "MatMul")]
+    assert len(float_layers) == len(sizes) - len(wide)
+    assert not any(name in wide for name in float_layers)
