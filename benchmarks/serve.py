@@ -79,10 +79,17 @@ def oqmd_formulas(split: str, count: int, offset: int = 0) -> list[str]:
     return chosen
 
 
+# One model, so that every figure is per model call: a request without "properties" asks every
+# loaded model, and the ceiling is one model's.
+BENCHMARK_MODEL = "oqmd-formation-enthalpy"
+
+
 def models_for_benchmark(workdir: Path) -> tuple[Path, str]:
-    """The shipped models when there are any, else a fresh iBRNet exported to ONNX."""
-    if any(REPOSITORY_MODELS_DIR.glob(f"*/{MANIFEST_FILE}")):
-        return REPOSITORY_MODELS_DIR, "shipped models/"
+    """A folder with the shipped formation-enthalpy model when there is one, else with a fresh iBRNet."""
+    shipped = REPOSITORY_MODELS_DIR / BENCHMARK_MODEL
+    if (shipped / MANIFEST_FILE).is_file():
+        shutil.copytree(shipped, workdir / "models" / BENCHMARK_MODEL)
+        return workdir / "models", f"shipped models/{BENCHMARK_MODEL}"
     import torch
 
     from training.export import write_onnx
