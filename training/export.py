@@ -159,6 +159,8 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
         optimizer="Adam" + (" + ReduceLROnPlateau" if first["train"]["arch"] != "brnet" else "")
         + " + EarlyStopping (best weights restored)",
         members=members if len(configs) > 1 else None,
+        # early_stopping | time_limit | signal (stopped by hand) | max_epochs; best weights either way
+        stop_reason=result.get("stop_reason"),
     )  # fmt: skip
 
 
