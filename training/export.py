@@ -264,6 +264,9 @@ INT8_MIN_LAYER_WEIGHTS = (0, 2**16, 2**17, 2**18, 2**19, 2**20)
 # The most-quantized candidate whose VALIDATION MAE is within this of float32 is chosen (test is
 # never looked at); none within it -> no int8 variant is written.
 INT8_VAL_TOLERANCE = 0.01
+# The release rule (issue 4): a variant whose TEST MAE is more than this above float32's is not
+# written. Applied after the choice, so it can only refuse a variant, never pick one.
+INT8_TEST_LIMIT = 0.02
 
 
 def layer_weights(path: Path) -> dict[str, int]:
@@ -321,6 +324,11 @@ def quantize_int8(
             delta = metrics["test"].mae / fp32["test"].mae - 1
             print(f"int8 chosen: test MAE {metrics['test'].mae:.5f} vs fp32 {fp32['test'].mae:.5f} "
                   f"({100 * delta:+.2f}%)", file=sys.stderr)  # fmt: skip
+            if delta > INT8_TEST_LIMIT:
+                target.unlink()
+                print(f"int8: the test MAE is more than {100 * INT8_TEST_LIMIT:.0f}% above float32's; "
+                      "no int8 variant written", file=sys.stderr)  # fmt: skip
+                return None
             return Variant(
                 file=target.name,
                 sha256=file_sha256(target),

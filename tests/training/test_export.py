@@ -14,6 +14,7 @@ import torch
 
 from app.cli import main
 from app.inference.manifest import INT8_ONNX_FILE, ONNX_FILE, ModelManifest, file_sha256
+from training import export as export_module
 from training import onnx_model
 from training.data import DataRequest, load_dataset
 from training.export import (
@@ -22,7 +23,9 @@ from training.export import (
     check_parity,
     layer_weights,
     parity_inputs,
+    quantize_int8,
     quantize_layers,
+    score,
 )
 from training.run_dir import load_best_model
 
@@ -188,3 +191,12 @@ def test_int8_can_leave_the_narrow_layers_in_float32(exported, tmp_path):
     float_layers = [n.name for n in quantized.node if n.op_type in ("Gemm", "MatMul")]
     assert len(float_layers) == len(sizes) - len(wide)
     assert not any(name in wide for name in float_layers)
+
+
+def test_an_int8_variant_above_the_test_limit_is_not_written(exported, tmp_path, monkeypatch, capsys):
+    dataset = load_dataset(DataRequest("oqmd-formation-enthalpy", limit=int(LIMIT)), splits=("val", "test"))
+    fp32 = score(exported / ONNX_FILE, dataset)
+    monkeypatch.setattr(export_module, "INT8_TEST_LIMIT", -1.0)  # any test MAE is now too high
+    assert quantize_int8(exported / ONNX_FILE, tmp_path / "int8.onnx", dataset, fp32) is None
+    assert not (tmp_path / "int8.onnx").exists()
+    assert "int8 chosen" in capsys.readouterr().err  # chosen on validation, then refused by the test rule
