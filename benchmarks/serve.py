@@ -150,7 +150,7 @@ def model_only_throughput(
     return statistics.median(rates), model.provider, cpu_us
 
 
-def naive_torch_throughput(formulas: list[str]) -> float:
+def naive_torch_throughput(models_dir: Path, formulas: list[str]) -> float:
     """One request = parse + featurize + one PyTorch forward pass on a batch of one, in-process
     (no HTTP: an upper bound for a naive server). One torch thread: its best setting for
     batches of one here (two threads on two shared cores spin against each other, 50x slower)."""
@@ -159,10 +159,13 @@ def naive_torch_throughput(formulas: list[str]) -> float:
     from training.nets import IBRNet, NetConfig
 
     torch.set_num_threads(1)
-    network = IBRNet(NetConfig()).eval()  # same architecture and cost as the served model
-    featurizer = get_featurizer("ef")
+    (manifest_path,) = models_dir.glob(f"*/{MANIFEST_FILE}")
+    features = ModelManifest.load(manifest_path.parent).features
+    # same architecture, input width and featurizer, so the same cost as the served model
+    network = IBRNet(NetConfig(input_width=features.width)).eval()
+    featurizer = get_featurizer(features.spec)
     with torch.inference_mode():
-        network(torch.zeros(1, 86))
+        network(torch.zeros(1, features.width))
         started = time.perf_counter()
         for formula in formulas:
             x = torch.from_numpy(featurizer.transform([parse_formula(formula)]))
@@ -411,7 +414,7 @@ def main() -> int:
             predict_c64_warm = run_load(server, predict_requests(c64_sets[0]), 64)
         finally:
             server.stop()
-        naive = naive_torch_throughput(c1_formulas[: args.naive])
+        naive = naive_torch_throughput(models_dir, c1_formulas[: args.naive])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
