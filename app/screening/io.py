@@ -8,6 +8,7 @@ formula was refused), then error_code and error_message.
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,15 +165,26 @@ def _batches(
             raise _missing_column(column, parquet.schema_arrow.names)
         yield from parquet.iter_batches(batch_size=batch_size, columns=[column])
         return
+    names = _csv_header(source)
+    if column not in names:
+        raise _missing_column(column, names)
     options = pa_csv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column])
     read = pa_csv.ReadOptions(block_size=1 << 22)
-    try:
-        reader = pa_csv.open_csv(source, read_options=read, convert_options=options)
-    except pa.ArrowKeyError:
-        if hasattr(source, "seek"):
-            source.seek(0)  # type: ignore[union-attr]
-        raise _missing_column(column, pa_csv.open_csv(source).schema.names) from None
-    yield from reader
+    yield from pa_csv.open_csv(source, read_options=read, convert_options=options)
+
+
+def _csv_header(source: str | Path | IO[bytes]) -> list[str]:
+    """The CSV's column names, read before pyarrow opens it. (Asking pyarrow again after it refused
+    the column raced with its read-ahead thread on the shared file position: now and then the
+    second read saw a garbled stream and a missing column was reported as an unreadable file.)"""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as handle:
+            first = handle.readline()
+    else:
+        start = source.tell()
+        first = source.readline()
+        source.seek(start)
+    return next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
 
 
 def _missing_column(column: str, names: Sequence[str]) -> InputFileError:
