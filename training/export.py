@@ -320,7 +320,7 @@ def quantize_int8(
               f"{100 * share:.0f}% of the weights): val MAE {val.mae:.5f} vs fp32 {fp32['val'].mae:.5f} "
               f"({100 * (val.mae / fp32['val'].mae - 1):+.2f}%)", file=sys.stderr)  # fmt: skip
         if val.mae <= allowed:
-            metrics = score(target, dataset)
+            metrics = {"val": val, **score(target, dataset, ("test",))}  # val is already scored
             delta = metrics["test"].mae / fp32["test"].mae - 1
             print(f"int8 chosen: test MAE {metrics['test'].mae:.5f} vs fp32 {fp32['test'].mae:.5f} "
                   f"({100 * delta:+.2f}%)", file=sys.stderr)  # fmt: skip
