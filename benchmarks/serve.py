@@ -156,13 +156,15 @@ def naive_torch_throughput(models_dir: Path, formulas: list[str]) -> float:
     batches of one here (two threads on two shared cores spin against each other, 50x slower)."""
     import torch
 
-    from training.nets import IBRNet, NetConfig
+    from training.nets import Ensemble, IBRNet, NetConfig
 
     torch.set_num_threads(1)
     (manifest_path,) = models_dir.glob(f"*/{MANIFEST_FILE}")
-    features = ModelManifest.load(manifest_path.parent).features
-    # same architecture, input width and featurizer, so the same cost as the served model
-    network = IBRNet(NetConfig(input_width=features.width)).eval()
+    manifest = ModelManifest.load(manifest_path.parent)
+    features = manifest.features
+    # same architecture, input width, member count and featurizer: the served model's cost
+    members = [IBRNet(NetConfig(input_width=features.width)) for _ in range(manifest.output.members)]
+    network = (members[0] if len(members) == 1 else Ensemble(members)).eval()
     featurizer = get_featurizer(features.spec)
     with torch.inference_mode():
         network(torch.zeros(1, features.width))

@@ -10,6 +10,11 @@ Two halves (docs/benchmarks.md has the exact commands):
     log.csv into ``OUT/<name>.pt`` (9 MB for an iBRNet): the device tool returns at most 8 files
     of 16 MB, so neither best.pt (18 MB) nor checkpoint.pt (54 MB with Adam's moments) fits.
     The training data stays resident on the GPU (training/train.py index_selects its batches).
+    Before the runs start, each (dataset, features) is featurized once into the cache; after
+    they stop, every run's best-epoch network is scored on validation and test
+    (``OUT/summary.json``) and configs, logs and pictures go into ``OUT/runs.tar.gz``, so runs
+    whose weights are not brought back (``--bring-back PREFIX``) still give their figures.
+    The tool returns at most 8 files: delete ``OUT/*.log`` (they are in the archive) afterwards.
 
 ``python3 scripts/gpu_train.py unpack FILES_AT --runs runs/gpu`` (here)
     rebuilds ``runs/gpu/<name>/{config.json,log.csv,best.pt}`` so that ``ibrnet export`` works
@@ -26,22 +31,26 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # prepare() and score() use the project's own data and training code
 
 
 def _train_command(name: str, spec: str, args: argparse.Namespace) -> list[str]:
     arch, data, features, seed = spec.split(",")
     out = Path(args.runs) / name
     command = [sys.executable, "-m", "app.cli", "train", "--data", data, "--arch", arch,
-               "--features", features, "--seed", seed, "--out", str(out), "--device", "cuda",
+               "--features", features, "--seed", seed, "--out", str(out), "--device", args.device,
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--patience-es", str(args.patience_es), "--patience-rlrop", str(args.patience_rlrop),
                "--time-limit-min", str(args.minutes), "--threads", "1", "--no-progress"]  # fmt: skip
+    if args.limit:
+        command += ["--limit", str(args.limit)]
     if (out / "checkpoint.pt").exists():
         command.append("--resume")
     return command
@@ -75,6 +84,43 @@ def unpack(source: Path, runs: Path) -> Path:
     return run_dir
 
 
+def prepare(runs: list[str], limit: int | None) -> None:
+    """Featurize each (dataset, features) once, before the runs start, so that parallel runs
+    read the cache instead of all parsing the same 240k formulas at the same moment."""
+    from training.data import DataRequest, load_dataset
+
+    for data, features in sorted({tuple(spec.split(",")[1:3]) for _, spec in map(_split_run, runs)}):
+        started = time.monotonic()
+        load_dataset(DataRequest(data=data, features=features, limit=limit))
+        print(f"features {data} {features}: {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _split_run(run: str) -> tuple[str, str]:
+    name, spec = run.split("=", 1)
+    return name, spec
+
+
+def score(run_dir: Path) -> dict[str, object]:
+    """The run's best-epoch weights scored once on validation and test (as ``ibrnet compare`` does)."""
+    from training.data import DataRequest, load_dataset
+    from training.metrics import regression_metrics
+    from training.run_dir import load_best_model
+    from training.train import predict
+
+    config, model = load_best_model(run_dir)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    request = DataRequest.from_dict(config["data"])
+    dataset = load_dataset(request, splits=("val", "test"))
+    row: dict[str, object] = {"run": run_dir.name, "arch": config["train"]["arch"],
+                              "features": request.features, "parameters": config["parameters"],
+                              **config.get("result", {})}  # fmt: skip
+    for split in ("val", "test"):
+        x = torch.from_numpy(dataset.splits[split].x).to(next(model.parameters()).device)
+        predicted = predict(model, x, 8192).cpu().numpy()
+        row[f"{split}_mae"] = regression_metrics(dataset.splits[split].y, predicted)["mae"]
+    return row
+
+
 def slice_(args: argparse.Namespace) -> int:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.tf32:  # cuBLAS TF32 for float32 matmuls: ~3-8x on H100 tensor cores, 10-bit mantissa products
@@ -82,22 +128,32 @@ def slice_(args: argparse.Namespace) -> int:
     logs = Path(args.out_dir)
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    prepare(args.run, args.limit)
     jobs = {}
     for run in args.run:
-        name, spec = run.split("=", 1)
+        name, spec = _split_run(run)
         handle = (logs / f"{name}.log").open("w")
         jobs[name] = (subprocess.Popen(_train_command(name, spec, args), cwd=ROOT, env=env, stdout=handle,
                                        stderr=subprocess.STDOUT), handle)  # fmt: skip
     codes = {name: process.wait() for name, (process, _) in jobs.items()}
+    rows = []
     for name, (_, handle) in jobs.items():
         handle.close()
         run_dir = Path(args.runs) / name
-        if (run_dir / "best.pt").exists():
+        if not (run_dir / "best.pt").exists():
+            print(f"{name}: exit {codes[name]}, no epoch finished")
+            continue
+        if any(name.startswith(prefix) for prefix in args.bring_back or [""]):
             pack(run_dir, logs / f"{name}.pt")
-        config = (
-            json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-        )
-        print(f"{name}: exit {codes[name]}, {config.get('result', {})}")
+        rows.append(score(run_dir))
+        print(json.dumps(rows[-1]), flush=True)
+    (logs / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with tarfile.open(logs / "runs.tar.gz", "w:gz") as archive:  # configs, logs, pictures: small
+        for name in jobs:
+            for path in sorted((Path(args.runs) / name).glob("*")):
+                if path.suffix in {".json", ".csv", ".png"}:
+                    archive.add(path, arcname=f"{name}/{path.name}")
+            archive.add(logs / f"{name}.log", arcname=f"{name}/train.log")
     print(f"slice took {time.monotonic() - started:.0f} s for {len(jobs)} runs")
     return max(codes.values(), default=0)
 
@@ -116,6 +172,15 @@ def main() -> int:
     run.add_argument("--patience-es", type=int, default=50)
     run.add_argument("--patience-rlrop", type=int, default=15)
     run.add_argument("--tf32", action="store_true")
+    run.add_argument("--limit", type=int, help="rows per split (a quick rehearsal)")
+    run.add_argument("--device", default="cuda", help="cpu: rehearse the slice on a machine without a GPU")
+    # the device tool returns at most 8 files (64 MiB in all); every run is scored on test anyway
+    run.add_argument(
+        "--bring-back",
+        action="append",
+        metavar="PREFIX",
+        help="pack the weights of only runs named with this prefix (repeatable; default all)",
+    )
     back = commands.add_parser("unpack")
     back.add_argument("files_at", help="the folder the device tool returned the .pt files in")
     back.add_argument("--runs", default="runs/gpu")

@@ -37,7 +37,7 @@ from app.inference.manifest import (
     Variant,
     file_sha256,
 )
-from training import fp16, onnx_model
+from training import calibration, fp16, onnx_model
 from training.data import DataRequest, Dataset, load_dataset
 from training.metrics import prediction_metrics
 from training.nets import Ensemble, count_parameters
@@ -141,14 +141,18 @@ def _architecture(configs: list[dict[str, Any]], module: torch.nn.Module) -> Arc
 
 def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInfo:
     first, result = configs[0], configs[0].get("result", {})
-    members = [{"seed": c["train"]["seed"], "command": c["command"], **c.get("result", {})} for c in configs]
+    members = [
+        {"seed": c["train"]["seed"], "command": c["command"], "hardware": c["hardware"],
+         "precision": c["train"].get("precision", "fp32"), **c.get("result", {})}
+        for c in configs
+    ]  # fmt: skip
     return TrainingInfo(
         command=" && ".join(c["command"] for c in configs),
         seed=first["train"]["seed"],
         epochs=result.get("epochs_completed"),
         best_epoch=result.get("best_epoch"),
         wall_time_s=sum(c.get("result", {}).get("wall_time_s") or 0.0 for c in configs),
-        hardware=first["hardware"],
+        hardware=" + ".join(dict.fromkeys(c["hardware"] for c in configs)),  # each distinct one once
         export_command=export_command,
         hyperparameters={
             **{k: first["train"][k] for k in (
@@ -167,9 +171,9 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
 def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
            weights: str = "fp32", command: str = "") -> ModelManifest:  # fmt: skip
     configs, models = _load_members(run_dirs)
-    module: torch.nn.Module = models[0] if len(models) == 1 else Ensemble(models).eval()
     first = configs[0]
     dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
+    module: torch.nn.Module = models[0] if len(models) == 1 else calibrated_ensemble(models, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
     write_onnx(module, first["features"]["width"], onnx_path)
@@ -210,7 +214,9 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
             elements=features["elements"],
         ),
         architecture=_architecture(configs, module),
-        output=Output(kind="ensemble" if len(models) > 1 else "point", members=len(models)),
+        output=Output(kind="ensemble", members=len(models), sigma_scale=float(module.sigma_scale))
+        if isinstance(module, Ensemble)
+        else Output(),
         dataset=DatasetInfo(**info),
         metrics=metrics,
         training=_training(configs, command),
@@ -224,6 +230,21 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     )
     manifest.save(out_dir)
     return manifest
+
+
+def calibrated_ensemble(models: list[torch.nn.Module], dataset: Dataset) -> Ensemble:
+    """The members as one Ensemble whose sigma is scaled to one validation sigma."""
+    ensemble = Ensemble(models).eval()
+    val = dataset.splits["val"]
+    with torch.no_grad():
+        raw = torch.cat([ensemble(torch.from_numpy(val.x[i : i + 8192])) for i in range(0, len(val.y), 8192)])
+    mean, std = raw[:, 0].double().numpy(), raw[:, 1].double().numpy()
+    scale = calibration.sigma_scale(val.y, mean, std)
+    ensemble.sigma_scale.fill_(scale)
+    raw_share = float(np.mean(np.abs(val.y - mean) <= std))
+    print(f"uncertainty: {100 * raw_share:.1f}% of validation rows within one raw sigma; "
+          f"sigma scaled by {scale:.3f} for 68.3%", file=sys.stderr)  # fmt: skip
+    return ensemble
 
 
 def store_fp16(

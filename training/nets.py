@@ -188,17 +188,19 @@ class ElemNet(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Members averaged: y [n, 2] = mean and (population) standard deviation over members."""
+    """Members averaged: y [n, 2] = mean and (population) standard deviation over members, the
+    latter times ``sigma_scale`` (export fits it on validation; see training/calibration.py)."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], sigma_scale: float = 1.0) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.register_buffer("sigma_scale", torch.tensor(float(sigma_scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([member(x) for member in self.members], dim=0)  # [k, n, 1]
         mean = stacked.mean(dim=0)
         std = (stacked - mean).pow(2).mean(dim=0).sqrt()
-        return torch.cat([mean, std], dim=1)
+        return torch.cat([mean, std * self.sigma_scale], dim=1)
 
 
 def build_network(config: NetConfig) -> nn.Module:

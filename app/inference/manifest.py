@@ -36,6 +36,9 @@ class Output(BaseModel):
     # point: y is [n, 1]; ensemble: y is [n, 2] = mean and standard deviation over members
     kind: Literal["point", "ensemble"] = "point"
     members: int = 1
+    # ensembles: the members' standard deviation is multiplied by this before it is served, fitted so
+    # that 68.3% of validation rows fall within one sigma (training/calibration.py); None: not scaled
+    sigma_scale: float | None = None
 
 
 class SplitMetrics(BaseModel):

@@ -172,7 +172,7 @@ def test_ensemble_export(small_folder, tmp_path, capsys):
         each = np.stack([m(torch.from_numpy(x)).numpy()[:, 0] for m in members])
     assert y.shape == (len(x), 2)
     np.testing.assert_allclose(y[:, 0], each.mean(axis=0), atol=1e-5)
-    np.testing.assert_allclose(y[:, 1], each.std(axis=0), atol=1e-5)
+    np.testing.assert_allclose(y[:, 1], manifest.output.sigma_scale * each.std(axis=0), atol=1e-5)
     assert main(["evaluate", str(model_dir), "--data", str(small_folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["mae"] == manifest.metrics["test"].mae
 

@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 from app.cli import main
 from app.inference.manifest import ONNX_FILE, ModelManifest, file_sha256
 from training import fp16, onnx_model
+from training.calibration import sigma_scale
 from training.data import DataRequest, load_dataset
 from training.metrics import calibration_metrics, spearman
 
@@ -163,3 +164,21 @@ def test_calibration_counts_rows_within_one_and_two_sigma():
     assert result["within_2_sigma"] == 0.75  # and 1.5
     with pytest.raises(ValueError):
         calibration_metrics(target, mean, sigma[:3])
+
+
+def test_sigma_is_scaled_to_one_validation_sigma(ensembles, folder):
+    """Export fits the scale on validation: 68.3% of validation rows within one served sigma."""
+    for model_dir in ensembles.values():
+        manifest = ModelManifest.load(model_dir)
+        assert manifest.output.sigma_scale is not None and manifest.output.sigma_scale > 0
+        assert manifest.metrics["val"].within_1_sigma == pytest.approx(0.683, abs=0.01)
+
+
+def test_sigma_scale_is_the_quantile_of_error_over_sigma():
+    target = np.array([0.0, 0.0, 0.0, 0.0, 5.0])
+    mean = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    std = np.array([1.0, 1.0, 1.0, 1.0, 0.0])  # the last row: members agree exactly, left out
+    scale = sigma_scale(target, mean, std)
+    assert np.mean(np.abs(target - mean)[:4] <= scale * std[:4]) == pytest.approx(0.75)
+    assert scale == pytest.approx(np.quantile([1.0, 2.0, 3.0, 4.0], 0.6827))
+    assert sigma_scale(target, mean, np.zeros(5)) == 1.0
