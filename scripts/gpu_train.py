@@ -14,7 +14,8 @@ Two halves (docs/benchmarks.md has the exact commands):
     they stop, every run's best-epoch network is scored on validation and test
     (``OUT/summary.json``) and configs, logs and pictures go into ``OUT/runs.tar.gz``, so runs
     whose weights are not brought back (``--bring-back PREFIX``) still give their figures.
-    The tool returns at most 8 files: delete ``OUT/*.log`` (they are in the archive) afterwards.
+    OUT holds nothing else (each run's console log is in the archive), because the device tool
+    returns at most 8 files: up to 6 packed runs per slice.
 
 ``python3 scripts/gpu_train.py unpack FILES_AT --runs runs/gpu`` (here)
     rebuilds ``runs/gpu/<name>/{config.json,log.csv,best.pt}`` so that ``ibrnet export`` works
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_PACKED_RUNS = 6  # the device tool returns at most 8 files; summary.json and runs.tar.gz are two
 sys.path.insert(0, str(ROOT))  # prepare() and score() use the project's own data and training code
 
 
@@ -100,6 +102,10 @@ def _split_run(run: str) -> tuple[str, str]:
     return name, spec
 
 
+def _brought_back(name: str, prefixes: list[str] | None) -> bool:
+    return any(name.startswith(prefix) for prefix in prefixes or [""])
+
+
 def score(run_dir: Path) -> dict[str, object]:
     """The run's best-epoch weights scored once on validation and test (as ``ibrnet compare`` does)."""
     from training.data import DataRequest, load_dataset
@@ -125,14 +131,20 @@ def slice_(args: argparse.Namespace) -> int:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.tf32:  # cuBLAS TF32 for float32 matmuls: ~3-8x on H100 tensor cores, 10-bit mantissa products
         env["TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] = "1"
-    logs = Path(args.out_dir)
-    logs.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    kept = [name for name, _ in map(_split_run, args.run) if _brought_back(name, args.bring_back)]
+    if len(kept) > MAX_PACKED_RUNS:
+        raise SystemExit(f"{len(kept)} runs to bring back; the device tool returns {MAX_PACKED_RUNS} "
+                         "besides summary.json and runs.tar.gz (use --bring-back)")  # fmt: skip
     started = time.monotonic()
     prepare(args.run, args.limit)
     jobs = {}
     for run in args.run:
         name, spec = _split_run(run)
-        handle = (logs / f"{name}.log").open("w")
+        handle = (runs / f"{name}.console.log").open("w")
         jobs[name] = (subprocess.Popen(_train_command(name, spec, args), cwd=ROOT, env=env, stdout=handle,
                                        stderr=subprocess.STDOUT), handle)  # fmt: skip
     codes = {name: process.wait() for name, (process, _) in jobs.items()}
@@ -143,17 +155,17 @@ def slice_(args: argparse.Namespace) -> int:
         if not (run_dir / "best.pt").exists():
             print(f"{name}: exit {codes[name]}, no epoch finished")
             continue
-        if any(name.startswith(prefix) for prefix in args.bring_back or [""]):
-            pack(run_dir, logs / f"{name}.pt")
+        if name in kept:
+            pack(run_dir, out / f"{name}.pt")
         rows.append(score(run_dir))
         print(json.dumps(rows[-1]), flush=True)
-    (logs / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with tarfile.open(logs / "runs.tar.gz", "w:gz") as archive:  # configs, logs, pictures: small
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with tarfile.open(out / "runs.tar.gz", "w:gz") as archive:  # configs, logs, pictures: small
         for name in jobs:
             for path in sorted((Path(args.runs) / name).glob("*")):
                 if path.suffix in {".json", ".csv", ".png"}:
                     archive.add(path, arcname=f"{name}/{path.name}")
-            archive.add(logs / f"{name}.log", arcname=f"{name}/train.log")
+            archive.add(runs / f"{name}.console.log", arcname=f"{name}/train.log")
     print(f"slice took {time.monotonic() - started:.0f} s for {len(jobs)} runs")
     return max(codes.values(), default=0)
 
@@ -164,7 +176,7 @@ def main() -> int:
     run = commands.add_parser("slice")
     run.add_argument("run", nargs="+", help="NAME=ARCH,DATA,FEATURES,SEED")
     run.add_argument("--minutes", type=float, default=8.0)
-    run.add_argument("--out-dir", required=True, help="where logs and packed results go ($OUT)")
+    run.add_argument("--out-dir", required=True, help="where the packed results go ($OUT)")
     run.add_argument("--runs", default="runs/gpu")
     run.add_argument("--batch-size", type=int, default=1024)
     run.add_argument("--lr", type=float, default=6e-4, help="1e-4 * sqrt(batch / 32): the paper's lr, scaled")

@@ -33,7 +33,7 @@ def test_a_slice_scores_every_run_and_brings_back_the_chosen_ones(tmp_path, smal
     for row in summary.values():
         assert row["epochs_completed"] == 2 and row["stop_reason"] == "max_epochs"
         assert 0 < row["val_mae"] < 10 and 0 < row["test_mae"] < 10
-    assert (out / "keep.pt").is_file() and not (out / "drop.pt").exists()
+    assert sorted(path.name for path in out.iterdir()) == ["keep.pt", "runs.tar.gz", "summary.json"]
     with tarfile.open(out / "runs.tar.gz") as archive:
         names = set(archive.getnames())
     assert {"keep/config.json", "keep/log.csv", "drop/config.json", "drop/train.log"} <= names
@@ -47,3 +47,11 @@ def test_a_slice_scores_every_run_and_brings_back_the_chosen_ones(tmp_path, smal
     assert main(["evaluate", str(model_dir), "--data", str(small_folder), "--json"]) == 0
     test_mae = json.loads(capsys.readouterr().out.splitlines()[-1])["mae"]
     assert test_mae == pytest.approx(summary["keep"]["test_mae"], rel=0.01)
+
+
+def test_a_slice_refuses_to_pack_more_than_the_device_tool_returns(tmp_path, small_folder):
+    runs = [f"r{i}=ibrnet,{small_folder},ef,{i}" for i in range(7)]
+    command = [sys.executable, str(SCRIPT), "slice", "--device", "cpu", "--out-dir", str(tmp_path), *runs]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "7 runs to bring back" in result.stderr
+    assert not list(tmp_path.glob("*.pt"))
