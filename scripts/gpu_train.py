@@ -108,23 +108,12 @@ def _brought_back(name: str, prefixes: list[str] | None) -> bool:
 
 def score(run_dir: Path) -> dict[str, object]:
     """The run's best-epoch weights scored once on validation and test (as ``ibrnet compare`` does)."""
-    from training.data import DataRequest, load_dataset
-    from training.metrics import regression_metrics
-    from training.run_dir import load_best_model
-    from training.train import predict
+    from training.compare import best_epoch_mae
 
-    config, model = load_best_model(run_dir)
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    request = DataRequest.from_dict(config["data"])
-    dataset = load_dataset(request, splits=("val", "test"))
-    row: dict[str, object] = {"run": run_dir.name, "arch": config["train"]["arch"],
-                              "features": request.features, "parameters": config["parameters"],
-                              **config.get("result", {})}  # fmt: skip
-    for split in ("val", "test"):
-        x = torch.from_numpy(dataset.splits[split].x).to(next(model.parameters()).device)
-        predicted = predict(model, x, 8192).cpu().numpy()
-        row[f"{split}_mae"] = regression_metrics(dataset.splits[split].y, predicted)["mae"]
-    return row
+    config, mae = best_epoch_mae(run_dir, "cuda" if torch.cuda.is_available() else "cpu")
+    return {"run": run_dir.name, "arch": config["train"]["arch"], "features": config["data"]["features"],
+            "parameters": config["parameters"], **config.get("result", {}),
+            "val_mae": mae["val"], "test_mae": mae["test"]}  # fmt: skip
 
 
 def slice_(args: argparse.Namespace) -> int:

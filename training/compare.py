@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,15 +44,23 @@ class Row:
     test_mae: float
 
 
+def best_epoch_mae(run_dir: Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, float]]:
+    """The run's config, and its best-epoch network's MAE on validation and test (scored once)."""
+    saved, model = load_best_model(run_dir)
+    model = model.to(device)
+    dataset = load_dataset(DataRequest.from_dict(saved["data"]), splits=("val", "test"))
+    mae = {}
+    for split in ("val", "test"):
+        x = torch.from_numpy(dataset.splits[split].x).to(device)
+        predicted = predict(model, x, TrainConfig.eval_batch_size).cpu().numpy()
+        mae[split] = regression_metrics(dataset.splits[split].y, predicted)["mae"]
+    return saved, mae
+
+
 def _network_row(config: TrainConfig, request: DataRequest, out: Path, progress: bool) -> Row:
     run_dir = out / config.arch
     result = train(config, request, run_dir, resume=(run_dir / CHECKPOINT_FILE).exists(), progress=progress)
-    saved, model = load_best_model(run_dir)
-    dataset = load_dataset(request, splits=("val", "test"))
-    mae = {}
-    for split in ("val", "test"):
-        predicted = predict(model, torch.from_numpy(dataset.splits[split].x), config.eval_batch_size).numpy()
-        mae[split] = regression_metrics(dataset.splits[split].y, predicted)["mae"]
+    saved, mae = best_epoch_mae(run_dir)
     return Row(
         model=NAMES[config.arch],
         features=request.features,

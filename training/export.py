@@ -39,10 +39,10 @@ from app.inference.manifest import (
 )
 from training import calibration, fp16, onnx_model
 from training.data import DataRequest, Dataset, load_dataset
-from training.metrics import prediction_metrics
+from training.metrics import calibration_metrics, prediction_metrics
 from training.nets import Ensemble, count_parameters
 from training.run_dir import load_best_model
-from training.train import command_line
+from training.train import TrainConfig, command_line, predict
 
 OPSET = 17
 PARITY_ROWS = 1000
@@ -234,14 +234,13 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
 
 def calibrated_ensemble(models: list[torch.nn.Module], dataset: Dataset) -> Ensemble:
     """The members as one Ensemble whose sigma is scaled to one validation sigma."""
-    ensemble = Ensemble(models).eval()
+    ensemble = Ensemble(models)
     val = dataset.splits["val"]
-    with torch.no_grad():
-        raw = torch.cat([ensemble(torch.from_numpy(val.x[i : i + 8192])) for i in range(0, len(val.y), 8192)])
-    mean, std = raw[:, 0].double().numpy(), raw[:, 1].double().numpy()
+    raw = predict(ensemble, torch.from_numpy(val.x), TrainConfig.eval_batch_size).double().numpy()
+    mean, std = raw[:, 0], raw[:, 1]
     scale = calibration.sigma_scale(val.y, mean, std)
     ensemble.sigma_scale.fill_(scale)
-    raw_share = float(np.mean(np.abs(val.y - mean) <= std))
+    raw_share = calibration_metrics(val.y, mean, std)["within_1_sigma"]
     print(f"uncertainty: {100 * raw_share:.1f}% of validation rows within one raw sigma; "
           f"sigma scaled by {scale:.3f} for 68.3%", file=sys.stderr)  # fmt: skip
     return ensemble

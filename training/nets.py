@@ -191,10 +191,10 @@ class Ensemble(nn.Module):
     """Members averaged: y [n, 2] = mean and (population) standard deviation over members, the
     latter times ``sigma_scale`` (export fits it on validation; see training/calibration.py)."""
 
-    def __init__(self, members: list[nn.Module], sigma_scale: float = 1.0) -> None:
+    def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.register_buffer("sigma_scale", torch.tensor(float(sigma_scale)))
+        self.register_buffer("sigma_scale", torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([member(x) for member in self.members], dim=0)  # [k, n, 1]
