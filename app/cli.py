@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: the output folder's name)")
     export.add_argument("--quantize", choices=["int8"], help="also write a quantized variant")
     export.add_argument(
+        "--member-weights", choices=["equal", "fitted"],
+        help="ensembles: how members count in the served mean (fitted: the non-negative weights summing "
+        "to 1 with the lowest validation MAE; default equal); the uncertainty always uses every member",
+    )  # fmt: skip
+    export.add_argument(
         "--weights", choices=["fp32", "fp16"], help="storage of model.onnx's weights (fp16: half the bytes)"
     )
 

@@ -39,6 +39,7 @@ from app.inference.manifest import (
 )
 from training import calibration, fp16, onnx_model
 from training.data import DataRequest, Dataset, load_dataset
+from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
 from training.nets import Ensemble, count_parameters
 from training.run_dir import load_best_model
@@ -169,11 +170,13 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
 
 
 def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
-           weights: str = "fp32", command: str = "") -> ModelManifest:  # fmt: skip
+           weights: str = "fp32", member_weights: str = "equal",
+           command: str = "") -> ModelManifest:  # fmt: skip
     configs, models = _load_members(run_dirs)
     first = configs[0]
     dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
-    module: torch.nn.Module = models[0] if len(models) == 1 else calibrated_ensemble(models, dataset)
+    fit_weights = member_weights == "fitted"
+    module = models[0] if len(models) == 1 else calibrated_ensemble(models, dataset, fit_weights=fit_weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
     write_onnx(module, first["features"]["width"], onnx_path)
@@ -214,7 +217,13 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
             elements=features["elements"],
         ),
         architecture=_architecture(configs, module),
-        output=Output(kind="ensemble", members=len(models), sigma_scale=float(module.sigma_scale))
+        output=Output(
+            kind="ensemble",
+            members=len(models),
+            sigma_scale=float(module.sigma_scale),
+            member_weights=[round(float(w), 6) for w in module.member_weights.flatten()],
+            member_weights_fit=member_weights,
+        )
         if isinstance(module, Ensemble)
         else Output(),
         dataset=DatasetInfo(**info),
@@ -232,11 +241,23 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     return manifest
 
 
-def calibrated_ensemble(models: list[torch.nn.Module], dataset: Dataset) -> Ensemble:
-    """The members as one Ensemble whose sigma is scaled to one validation sigma."""
+def calibrated_ensemble(
+    models: list[torch.nn.Module], dataset: Dataset, *, fit_weights: bool = False
+) -> Ensemble:
+    """The members as one Ensemble whose sigma is scaled to one validation sigma; with fit_weights,
+    its mean weighted to the lowest validation MAE (training/member_weights.py)."""
     ensemble = Ensemble(models)
     val = dataset.splits["val"]
-    raw = predict(ensemble, torch.from_numpy(val.x), TrainConfig.eval_batch_size).double().numpy()
+    x_val = torch.from_numpy(val.x)
+    if fit_weights:
+        batch = TrainConfig.eval_batch_size
+        each = np.stack([predict(m, x_val, batch).double().numpy().ravel() for m in models])  # [k, n]
+        weights = fitted_weights(each, val.y)
+        ensemble.member_weights.copy_(torch.from_numpy(weights).float().view(-1, 1, 1))
+        fitted, equal = (np.abs(w @ each - val.y).mean() for w in (weights, equal_weights(len(models))))
+        print(f"member weights fitted on validation: {', '.join(f'{w:.3f}' for w in weights)}; "
+              f"validation MAE {fitted:.5f} (equal weights: {equal:.5f})", file=sys.stderr)  # fmt: skip
+    raw = predict(ensemble, x_val, TrainConfig.eval_batch_size).double().numpy()
     mean, std = raw[:, 0], raw[:, 1]
     scale = calibration.sigma_scale(val.y, mean, std)
     ensemble.sigma_scale.fill_(scale)
@@ -373,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         quantize=args.quantize,
         weights=getattr(args, "weights", None) or "fp32",
+        member_weights=getattr(args, "member_weights", None) or "equal",
         command=command_line(args, "export"),
     )
     test = manifest.metrics["test"]

@@ -188,18 +188,21 @@ class ElemNet(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Members averaged: y [n, 2] = mean and (population) standard deviation over members, the
-    latter times ``sigma_scale`` (export fits it on validation; see training/calibration.py)."""
+    """Members combined: y [n, 2] = the mean weighted by ``member_weights`` (equal unless export
+    fits them on validation; training/member_weights.py) and the members' (population, unweighted)
+    standard deviation times ``sigma_scale`` (fitted on validation; training/calibration.py)."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.register_buffer("member_weights", torch.full((len(members), 1, 1), 1.0 / len(members)))
         self.register_buffer("sigma_scale", torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([member(x) for member in self.members], dim=0)  # [k, n, 1]
-        mean = stacked.mean(dim=0)
-        std = (stacked - mean).pow(2).mean(dim=0).sqrt()
+        mean = (stacked * self.member_weights).sum(dim=0)
+        centred = stacked - stacked.mean(dim=0)
+        std = centred.pow(2).mean(dim=0).sqrt()
         return torch.cat([mean, std * self.sigma_scale], dim=1)
 
 

@@ -39,6 +39,10 @@ class Output(BaseModel):
     # ensembles: the members' standard deviation is multiplied by this before it is served, fitted so
     # that 68.3% of validation rows fall within one sigma (training/calibration.py); None: not scaled
     sigma_scale: float | None = None
+    # ensembles: each member's weight in the served mean, in run-directory order (sigma always uses
+    # every member); "equal", or "fitted" to the lowest validation MAE (training/member_weights.py)
+    member_weights: list[float] | None = None
+    member_weights_fit: Literal["equal", "fitted"] | None = None
 
 
 class SplitMetrics(BaseModel):

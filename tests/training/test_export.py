@@ -175,6 +175,20 @@ def test_ensemble_export(small_folder, tmp_path, capsys):
     np.testing.assert_allclose(y[:, 1], manifest.output.sigma_scale * each.std(axis=0), atol=1e-5)
     assert main(["evaluate", str(model_dir), "--data", str(small_folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["mae"] == manifest.metrics["test"].mae
+    assert manifest.output.member_weights == [0.5, 0.5] and manifest.output.member_weights_fit == "equal"
+
+    fitted_dir = tmp_path / "ensemble-fitted"
+    assert main(["export", *map(str, runs), "--out", str(fitted_dir), "--member-weights", "fitted"]) == 0
+    fitted = ModelManifest.load(fitted_dir)
+    weights = np.array(fitted.output.member_weights)
+    assert fitted.output.member_weights_fit == "fitted"
+    assert "--member-weights fitted" in fitted.training.export_command
+    assert np.all(weights >= 0) and abs(weights.sum() - 1) < 1e-5
+    y_fitted = onnx_model.predict(onnx_model.session(fitted_dir / ONNX_FILE), x)
+    np.testing.assert_allclose(y_fitted[:, 0], weights @ each, atol=1e-5)
+    np.testing.assert_allclose(y_fitted[:, 1] / fitted.output.sigma_scale, each.std(axis=0), atol=1e-5)
+    # equal weights are one point of the simplex the fit searches, so validation cannot get worse
+    assert fitted.metrics["val"].mae <= manifest.metrics["val"].mae + 1e-6
 
 
 def test_evaluate_does_not_need_torch():

@@ -133,6 +133,17 @@ def test_ensemble_gives_mean_and_std():
     assert torch.allclose(out[:, 1], stacked.std(0, unbiased=False).squeeze(1), atol=1e-6)
 
 
+def test_ensemble_weights_the_mean_but_not_the_spread():
+    members = [build_network(NetConfig(input_width=6)).eval() for _ in range(3)]
+    ensemble = Ensemble(members)
+    ensemble.member_weights.copy_(torch.tensor([0.7, 0.3, 0.0]).view(3, 1, 1))
+    x = torch.rand(5, 6)
+    out = ensemble(x)
+    stacked = torch.stack([m(x) for m in members]).squeeze(2)  # [3, 5]
+    assert torch.allclose(out[:, 0], 0.7 * stacked[0] + 0.3 * stacked[1], atol=1e-6)
+    assert torch.allclose(out[:, 1], stacked.std(0, unbiased=False), atol=1e-6)  # all three members
+
+
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_network(NetConfig(arch="resnet"))
