@@ -249,15 +249,17 @@ def calibrated_ensemble(
     ensemble = Ensemble(models)
     val = dataset.splits["val"]
     x_val = torch.from_numpy(val.x)
+    # each member runs over validation once ([k, n, 1]); the weights and the scale both come from that
+    stacked = torch.stack([predict(m, x_val, TrainConfig.eval_batch_size) for m in models]).unsqueeze(2)
     if fit_weights:
-        batch = TrainConfig.eval_batch_size
-        each = np.stack([predict(m, x_val, batch).double().numpy().ravel() for m in models])  # [k, n]
+        each = stacked.double().numpy()[:, :, 0]
         weights = fitted_weights(each, val.y)
         ensemble.member_weights.copy_(torch.from_numpy(weights).float().view(-1, 1, 1))
         fitted, equal = (np.abs(w @ each - val.y).mean() for w in (weights, equal_weights(len(models))))
         print(f"member weights fitted on validation: {', '.join(f'{w:.3f}' for w in weights)}; "
               f"validation MAE {fitted:.5f} (equal weights: {equal:.5f})", file=sys.stderr)  # fmt: skip
-    raw = predict(ensemble, x_val, TrainConfig.eval_batch_size).double().numpy()
+    with torch.no_grad():
+        raw = ensemble.combine(stacked).double().numpy()
     mean, std = raw[:, 0], raw[:, 1]
     scale = calibration.sigma_scale(val.y, mean, std)
     ensemble.sigma_scale.fill_(scale)

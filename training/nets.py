@@ -199,7 +199,10 @@ class Ensemble(nn.Module):
         self.register_buffer("sigma_scale", torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stacked = torch.stack([member(x) for member in self.members], dim=0)  # [k, n, 1]
+        return self.combine(torch.stack([member(x) for member in self.members], dim=0))
+
+    def combine(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The members' outputs [k, n, 1] as the served [n, 2]."""
         mean = (stacked * self.member_weights).sum(dim=0)
         centred = stacked - stacked.mean(dim=0)
         std = centred.pow(2).mean(dim=0).sqrt()
