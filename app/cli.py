@@ -20,6 +20,7 @@ HANDLERS: dict[str, str] = {
     "export": "training.export:run",
     "evaluate": "training.evaluate:run",
     "compare": "training.compare:run",
+    "select-members": "training.select_members:run",
 }
 
 
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--weights", choices=["fp32", "fp16"], help="storage of model.onnx's weights (fp16: half the bytes)"
     )
+
+    select = commands.add_parser(
+        "select-members", help="score every subset of trained runs as an ensemble, on validation only"
+    )
+    select.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="two or more runs of one dataset")
+    select.add_argument("--min-size", type=int, default=2, help="smallest subset to score (default 2)")
+    select.add_argument("--top", type=int, default=15, help="rows of the table (default 15)")
+    select.add_argument("--json", action="store_true", help="every subset as JSON")
 
     evaluate = commands.add_parser("evaluate", help="score a model directory on a dataset split")
     evaluate.add_argument("model_dir", metavar="MODEL_DIR")

@@ -114,7 +114,10 @@ def score(path: Path, dataset: Dataset, splits: tuple[str, ...] = ("val", "test"
     }  # fmt: skip
 
 
-def _load_members(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[torch.nn.Module]]:
+def load_members(
+    run_dirs: list[Path], command: str = "ibrnet export"
+) -> tuple[list[dict[str, Any]], list[torch.nn.Module]]:
+    """Each run's config and best-epoch network; refused unless they share data, features and arch."""
     configs, models = [], []
     for run_dir in run_dirs:
         config, model = load_best_model(run_dir)
@@ -124,11 +127,9 @@ def _load_members(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[torc
     for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
         for key in ("data", "features"):
             if config[key] != first[key]:
-                raise SystemExit(
-                    f"ibrnet export: {run_dir} was trained on different {key} than {run_dirs[0]}"
-                )
+                raise SystemExit(f"{command}: {run_dir} was trained on different {key} than {run_dirs[0]}")
         if config["train"]["arch"] != first["train"]["arch"]:
-            raise SystemExit("ibrnet export: an ensemble's members must share one architecture")
+            raise SystemExit(f"{command}: an ensemble's members must share one architecture")
     return configs, models
 
 
@@ -172,7 +173,7 @@ def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInf
 def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
            weights: str = "fp32", member_weights: str = "equal",
            command: str = "") -> ModelManifest:  # fmt: skip
-    configs, models = _load_members(run_dirs)
+    configs, models = load_members(run_dirs)
     first = configs[0]
     dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
     fit_weights = member_weights == "fitted"
@@ -241,6 +242,11 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     return manifest
 
 
+def member_outputs(models: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Every member's prediction for every row, [k, n, 1] (what Ensemble.combine takes)."""
+    return torch.stack([predict(m, x, TrainConfig.eval_batch_size) for m in models]).unsqueeze(2)
+
+
 def calibrated_ensemble(
     models: list[torch.nn.Module], dataset: Dataset, *, fit_weights: bool = False
 ) -> Ensemble:
@@ -248,9 +254,8 @@ def calibrated_ensemble(
     its mean weighted to the lowest validation MAE (training/member_weights.py)."""
     ensemble = Ensemble(models)
     val = dataset.splits["val"]
-    x_val = torch.from_numpy(val.x)
     # each member runs over validation once ([k, n, 1]); the weights and the scale both come from that
-    stacked = torch.stack([predict(m, x_val, TrainConfig.eval_batch_size) for m in models]).unsqueeze(2)
+    stacked = member_outputs(models, torch.from_numpy(val.x))
     if fit_weights:
         each = stacked.double().numpy()[:, :, 0]
         weights = fitted_weights(each, val.y)

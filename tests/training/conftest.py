@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from app.cli import main
 from training.data import ensure_wheel
 from training.datasets import PACKAGED
 
 FORMATION = PACKAGED["oqmd-formation-enthalpy"]
 BANDGAP = PACKAGED["oqmd-bandgap"]
+ENSEMBLE_SEEDS = ("0", "1", "2")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -65,3 +67,27 @@ def bandgap_folder(tmp_path: Path) -> Path:
             frame = pd.read_csv(io.BytesIO(archive.read(f"{BANDGAP.member}/{split}.csv")), nrows=rows)
             frame.to_csv(folder / f"{split}.csv", index=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def ensemble_folder(tmp_path_factory, oqmd_frames: dict[str, pd.DataFrame]) -> Path:
+    """Real OQMD rows (400/200/200): enough test rows for the shares to mean something."""
+    path = tmp_path_factory.mktemp("calibration") / "data"
+    path.mkdir()
+    for split, rows in (("train", 400), ("val", 200), ("test", 200)):
+        oqmd_frames[split].head(rows).to_csv(path / f"{split}.csv", index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ensemble_members(ensemble_folder: Path) -> list[Path]:
+    """Three seeded iBRNets trained for 3 epochs on ensemble_folder: shared by the ensemble tests."""
+    runs = []
+    for seed in ENSEMBLE_SEEDS:
+        run = ensemble_folder.parent / f"member{seed}"
+        args = ["train", "--data", str(ensemble_folder), "--out", str(run), "--epochs", "3",
+                "--batch-size", "100", "--lr", "1e-3", "--seed", seed, "--threads", "1",
+                "--no-progress"]  # fmt: skip
+        assert main(args) == 0
+        runs.append(run)
+    return runs

@@ -1,4 +1,5 @@
-"""A real 3-member ensemble: calibration in evaluate and the manifest, and fp16 weight storage."""
+"""A real 3-member ensemble (tests/training/conftest.py): calibration in evaluate and the manifest,
+and fp16 weight storage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
@@ -18,47 +18,23 @@ from training.calibration import sigma_scale
 from training.data import DataRequest, load_dataset
 from training.metrics import calibration_metrics, spearman
 
-MEMBERS = ("0", "1", "2")
-
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, oqmd_frames: dict[str, pd.DataFrame]) -> Path:
-    """Real OQMD rows (400/200/200): enough test rows for the shares to mean something."""
-    path = tmp_path_factory.mktemp("calibration") / "data"
-    path.mkdir()
-    for split, rows in (("train", 400), ("val", 200), ("test", 200)):
-        oqmd_frames[split].head(rows).to_csv(path / f"{split}.csv", index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def members(folder: Path) -> list[Path]:
-    runs = []
-    for seed in MEMBERS:
-        run = folder.parent / f"member{seed}"
-        args = ["train", "--data", str(folder), "--out", str(run), "--epochs", "3", "--batch-size", "100",
-                "--lr", "1e-3", "--seed", seed, "--threads", "1", "--no-progress"]  # fmt: skip
-        assert main(args) == 0
-        runs.append(run)
-    return runs
-
-
-@pytest.fixture(scope="module")
-def ensembles(members: list[Path], folder: Path) -> dict[str, Path]:
+def ensembles(ensemble_members: list[Path], ensemble_folder: Path) -> dict[str, Path]:
     out = {}
     for weights in ("fp32", "fp16"):
-        out[weights] = folder.parent / f"ensemble-{weights}"
-        args = ["export", *map(str, members), "--out", str(out[weights]), "--weights", weights]
+        out[weights] = ensemble_folder.parent / f"ensemble-{weights}"
+        args = ["export", *map(str, ensemble_members), "--out", str(out[weights]), "--weights", weights]
         assert main(args) == 0
     return out
 
 
-def test_evaluate_reports_calibration_that_the_manifest_holds(ensembles, folder, capsys):
+def test_evaluate_reports_calibration_that_the_manifest_holds(ensembles, ensemble_folder, capsys):
     model_dir = ensembles["fp32"]
     manifest = ModelManifest.load(model_dir)
     assert manifest.output.kind == "ensemble" and manifest.output.members == 3
     capsys.readouterr()
-    assert main(["evaluate", str(model_dir), "--data", str(folder), "--json"]) == 0
+    assert main(["evaluate", str(model_dir), "--data", str(ensemble_folder), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out.splitlines()[-1])
     for split in ("val", "test"):
         m = manifest.metrics[split]
@@ -68,33 +44,33 @@ def test_evaluate_reports_calibration_that_the_manifest_holds(ensembles, folder,
     for key in ("mae", "within_1_sigma", "within_2_sigma", "sigma_error_spearman"):
         assert scored[key] == getattr(test, key)  # evaluate reproduces export, digit for digit
     # recomputed here from the file's own output, independently of training.metrics
-    x = load_dataset(DataRequest(str(folder)), splits=("test",)).splits["test"]
+    x = load_dataset(DataRequest(str(ensemble_folder)), splits=("test",)).splits["test"]
     y = onnx_model.predict(onnx_model.session(model_dir / ONNX_FILE), x.x).astype(np.float64)
     error = np.abs(y[:, 0] - x.y.astype(np.float64))
     assert scored["within_1_sigma"] == pytest.approx(np.mean(error <= y[:, 1]))
     assert scored["within_2_sigma"] == pytest.approx(np.mean(error <= 2 * y[:, 1]))
     assert scored["sigma_error_spearman"] == pytest.approx(spearmanr(y[:, 1], error).statistic)
-    assert main(["evaluate", str(model_dir), "--data", str(folder)]) == 0
+    assert main(["evaluate", str(model_dir), "--data", str(ensemble_folder)]) == 0
     assert "within 1 sigma" in capsys.readouterr().out
 
 
-def test_point_models_carry_no_calibration(members, folder, capsys):
-    model_dir = folder.parent / "point"
-    assert main(["export", str(members[0]), "--out", str(model_dir)]) == 0
+def test_point_models_carry_no_calibration(ensemble_members, ensemble_folder, capsys):
+    model_dir = ensemble_folder.parent / "point"
+    assert main(["export", str(ensemble_members[0]), "--out", str(model_dir)]) == 0
     assert ModelManifest.load(model_dir).metrics["test"].within_1_sigma is None
     capsys.readouterr()
-    assert main(["evaluate", str(model_dir), "--data", str(folder), "--json"]) == 0
+    assert main(["evaluate", str(model_dir), "--data", str(ensemble_folder), "--json"]) == 0
     assert "within_1_sigma" not in json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
-def test_fp16_weights_halve_the_file_and_stay_close_to_fp32(ensembles, folder, capsys):
+def test_fp16_weights_halve_the_file_and_stay_close_to_fp32(ensembles, ensemble_folder, capsys):
     fp32_path, fp16_path = ensembles["fp32"] / ONNX_FILE, ensembles["fp16"] / ONNX_FILE
     assert fp16_path.stat().st_size < 0.55 * fp32_path.stat().st_size
     graph = onnx.load(str(fp16_path)).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 in and out
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer) >= 3 * 16
-    dataset = load_dataset(DataRequest(str(folder)), splits=("val", "test"))
+    dataset = load_dataset(DataRequest(str(ensemble_folder)), splits=("val", "test"))
     x = np.concatenate([dataset.splits["val"].x, dataset.splits["test"].x])  # 400 real compositions
     a = onnx_model.predict(onnx_model.session(fp32_path), x)
     b = onnx_model.predict(onnx_model.session(fp16_path), x)
@@ -112,7 +88,7 @@ def test_fp16_weights_halve_the_file_and_stay_close_to_fp32(ensembles, folder, c
     )
     assert manifest.onnx_sha256 == file_sha256(fp16_path)
     capsys.readouterr()
-    assert main(["evaluate", str(ensembles["fp16"]), "--data", str(folder), "--json"]) == 0
+    assert main(["evaluate", str(ensembles["fp16"]), "--data", str(ensemble_folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["mae"] == manifest.metrics["test"].mae
 
 
@@ -166,7 +142,7 @@ def test_calibration_counts_rows_within_one_and_two_sigma():
         calibration_metrics(target, mean, sigma[:3])
 
 
-def test_sigma_is_scaled_to_one_validation_sigma(ensembles, folder):
+def test_sigma_is_scaled_to_one_validation_sigma(ensembles, ensemble_folder):
     """Export fits the scale on validation: 68.3% of validation rows within one served sigma."""
     for model_dir in ensembles.values():
         manifest = ModelManifest.load(model_dir)
