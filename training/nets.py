@@ -204,9 +204,13 @@ class Ensemble(nn.Module):
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         """The members' outputs [k, n, 1] as the served [n, 2]."""
         mean = (stacked * self.member_weights).sum(dim=0)
-        centred = stacked - stacked.mean(dim=0)
-        std = centred.pow(2).mean(dim=0).sqrt()
-        return torch.cat([mean, std * self.sigma_scale], dim=1)
+        return torch.cat([mean, member_spread(stacked) * self.sigma_scale], dim=1)
+
+
+def member_spread(stacked: torch.Tensor) -> torch.Tensor:
+    """The members' (population, unweighted) standard deviation over dim 0: the served sigma before
+    its scale, whatever the members' weights in the mean."""
+    return (stacked - stacked.mean(dim=0)).pow(2).mean(dim=0).sqrt()
 
 
 def build_network(config: NetConfig) -> nn.Module:

@@ -31,6 +31,7 @@ from training.data import DataRequest, load_dataset
 from training.export import load_members, member_outputs
 from training.member_weights import fitted_weights
 from training.metrics import spearman
+from training.nets import member_spread
 
 COMMAND = "ibrnet select-members"
 # 2^12 - 13 subsets of two or more, each fitted three times: minutes, not hours
@@ -70,8 +71,7 @@ def score_subset(predictions: np.ndarray, target: np.ndarray, folds: Folds) -> d
     return {
         "out_of_fold_mae": float(error.mean()),
         "plain_mean_mae": float(np.abs(predictions.mean(0) - target).mean()),
-        # the served sigma is the spread of every member, whatever their weights (training/nets.py)
-        "sigma_error_spearman": spearman(predictions.std(0), error),
+        "sigma_error_spearman": spearman(member_spread(torch.from_numpy(predictions)).numpy(), error),
     }
 
 
