@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # command -> "module:function"
 HANDLERS: dict[str, str] = {
@@ -128,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _float_above(low: float, high: float = float("inf")) -> Callable[[str], float]:
+    """An argparse type: a number strictly between ``low`` and ``high``, refused by name otherwise."""
+    wanted = f"a number greater than {low:g}" + (f" and less than {high:g}" if high < float("inf") else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formula-column", default="formula", help="CSV column with the formulas")
     parser.add_argument("--target-column", help="CSV column with the target (default: target)")
@@ -138,6 +154,18 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience-rlrop", type=int, default=45, help="ReduceLROnPlateau patience (epochs)")
     parser.add_argument("--time-limit-min", type=float, help="stop cleanly after this many minutes")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+    parser.add_argument(
+        "--spike-clip",
+        type=_float_above(1.0),
+        help="clip a step's gradient norm to this multiple (e.g. 4) of the recent steps' running "
+        "average: stops Adam's loss spikes at high learning rates; off by default (the papers' recipe)",
+    )
+    parser.add_argument(
+        "--weight-average-decay",
+        type=_float_above(0.0, 1.0),
+        help="validate, keep and export an exponential moving average of the weights with this "
+        "per-step decay (e.g. 0.999) instead of the raw weights; off by default (the papers' recipe)",
+    )
     parser.add_argument(
         "--precision",
         default="fp32",

@@ -45,6 +45,8 @@ from training.run_dir import (
     save_torch,
     write_json,
 )
+from training.spike_clip import SpikeClip
+from training.weight_average import WeightAverage
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TrainConfig:
     time_limit_min: float | None = None
     eval_batch_size: int = 8192
     target_scaling: bool = True  # bake train mean/std of the target into the output layer
+    weight_average_decay: float | None = None  # validate and keep an EMA of the weights (weight_average.py)
+    spike_clip: float | None = None  # clip gradients above this multiple of the recent norms (spike_clip.py)
 
     @property
     def uses_rlrop(self) -> bool:
@@ -341,6 +345,14 @@ def train(
             start_epoch = config.epochs + 1
         if (run_dir / BEST_FILE).exists():
             best_state = torch.load(run_dir / BEST_FILE, map_location=device, weights_only=True)["model"]
+    # made after a resume's weights are loaded: a run that adds averaging on resume starts it there
+    average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay else None
+    if average is not None and resume and state.get("weight_average"):
+        average.load_state_dict(state["weight_average"])
+    validated = average.model if average is not None else model  # the weights validated and kept
+    clip = SpikeClip(config.spike_clip, device) if config.spike_clip else None
+    if clip is not None and resume and state.get("spike_clip"):
+        clip.load_state_dict(state["spike_clip"])
 
     # --- loop ---
     n = len(y_train)
@@ -381,7 +393,11 @@ def train(
                 loss = F.l1_loss(prediction, y_train.index_select(0, index))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip is not None:
+                    clip.clip_(model.parameters())
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 total += loss.detach() * len(index)  # stays on the device: no sync per batch
                 seen += len(index)
                 bar.update()
@@ -393,12 +409,11 @@ def train(
                 stop_reason = "signal" if stop.received else "time_limit"
                 break
             train_mae = float(total) / seen
-            val_mae = regression_metrics(y_val, predict(model, x_val, config.eval_batch_size).cpu().numpy())[
-                "mae"
-            ]
+            val_pred = predict(validated, x_val, config.eval_batch_size).cpu().numpy()
+            val_mae = regression_metrics(y_val, val_pred)["mae"]
             lr = optimizer.param_groups[0]["lr"]
             if stopper.step(val_mae, epoch):
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in validated.state_dict().items()}
                 save_torch(run_dir / BEST_FILE, {"model": best_state, "epoch": epoch, "val_mae": val_mae})
             if config.uses_rlrop:
                 plateau.step(val_mae)
@@ -421,6 +436,8 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "plateau": plateau.state_dict(),
                     "early_stopping": stopper.state_dict(),
+                    "weight_average": average.state_dict() if average is not None else None,
+                    "spike_clip": clip.state_dict() if clip is not None else None,
                     "rng": rng_state(shuffle),
                     "history": history,
                     "stop_reason": stop_reason,
@@ -430,6 +447,8 @@ def train(
             )
             write_log(run_dir / LOG_FILE, history)
             best_note = " *" if stopper.best_epoch == epoch else ""
+            if clip is not None:
+                best_note = f"  {clip.take_clipped_count()} steps clipped{best_note}"
             print(
                 f"epoch {epoch}: train MAE {train_mae:.5f}  val MAE {val_mae:.5f}  lr {lr:.1e}  "
                 f"{last_epoch_s:.1f} s{best_note}",
@@ -491,6 +510,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         precision=args.precision,
         time_limit_min=args.time_limit_min,
         target_scaling=not getattr(args, "no_target_scaling", False),
+        weight_average_decay=getattr(args, "weight_average_decay", None),
+        spike_clip=getattr(args, "spike_clip", None),
     )
     request = DataRequest(
         data=args.data,
