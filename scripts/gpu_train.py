@@ -55,8 +55,6 @@ def _train_command(name: str, spec: str, args: argparse.Namespace) -> list[str]:
         command += ["--limit", str(args.limit)]
     if args.weight_average_decay:
         command += ["--weight-average-decay", str(args.weight_average_decay)]
-    if args.spike_clip:
-        command += ["--spike-clip", str(args.spike_clip)]
     if (out / "checkpoint.pt").exists():
         command.append("--resume")
     return command
@@ -178,7 +176,6 @@ def main() -> int:
     run.add_argument("--patience-rlrop", type=int, default=15)
     run.add_argument("--tf32", action="store_true")
     run.add_argument("--weight-average-decay", type=float, help="see ibrnet train --weight-average-decay")
-    run.add_argument("--spike-clip", type=float, help="see ibrnet train --spike-clip")
     run.add_argument("--limit", type=int, help="rows per split (a quick rehearsal)")
     run.add_argument("--device", default="cuda", help="cpu: rehearse the slice on a machine without a GPU")
     # the device tool returns at most 8 files (64 MiB in all); every run is scored on test anyway

@@ -45,7 +45,6 @@ from training.run_dir import (
     save_torch,
     write_json,
 )
-from training.spike_clip import SpikeClip
 from training.weight_average import WeightAverage
 
 
@@ -67,7 +66,6 @@ class TrainConfig:
     eval_batch_size: int = 8192
     target_scaling: bool = True  # bake train mean/std of the target into the output layer
     weight_average_decay: float | None = None  # validate and keep an EMA of the weights (weight_average.py)
-    spike_clip: float | None = None  # clip gradients above this multiple of the recent norms (spike_clip.py)
 
     @property
     def uses_rlrop(self) -> bool:
@@ -350,9 +348,6 @@ def train(
     if average is not None and resume and state.get("weight_average"):
         average.load_state_dict(state["weight_average"])
     validated = average.model if average is not None else model  # the weights validated and kept
-    clip = SpikeClip(config.spike_clip, device) if config.spike_clip else None
-    if clip is not None and resume and state.get("spike_clip"):
-        clip.load_state_dict(state["spike_clip"])
 
     # --- loop ---
     n = len(y_train)
@@ -393,8 +388,6 @@ def train(
                 loss = F.l1_loss(prediction, y_train.index_select(0, index))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if clip is not None:
-                    clip.clip_(model.parameters())
                 optimizer.step()
                 if average is not None:
                     average.update()
@@ -437,7 +430,6 @@ def train(
                     "plateau": plateau.state_dict(),
                     "early_stopping": stopper.state_dict(),
                     "weight_average": average.state_dict() if average is not None else None,
-                    "spike_clip": clip.state_dict() if clip is not None else None,
                     "rng": rng_state(shuffle),
                     "history": history,
                     "stop_reason": stop_reason,
@@ -447,8 +439,6 @@ def train(
             )
             write_log(run_dir / LOG_FILE, history)
             best_note = " *" if stopper.best_epoch == epoch else ""
-            if clip is not None:
-                best_note = f"  {clip.take_clipped_count()} steps clipped{best_note}"
             print(
                 f"epoch {epoch}: train MAE {train_mae:.5f}  val MAE {val_mae:.5f}  lr {lr:.1e}  "
                 f"{last_epoch_s:.1f} s{best_note}",
@@ -511,7 +501,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         time_limit_min=args.time_limit_min,
         target_scaling=not getattr(args, "no_target_scaling", False),
         weight_average_decay=getattr(args, "weight_average_decay", None),
-        spike_clip=getattr(args, "spike_clip", None),
     )
     request = DataRequest(
         data=args.data,
