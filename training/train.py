@@ -1,5 +1,7 @@
 """``ibrnet train``: MAE loss, Adam, ReduceLROnPlateau + EarlyStopping with best-weight restore.
 
+Optionally (``--weight-average-decay``) an exponential moving average of the weights is what is
+validated, kept and exported (weight_average.py).
 Reads top to bottom: config -> data -> model -> optimizer -> schedules -> loop -> outputs.
 All training data stays resident on the device and batches are index_select-ed from it, so an
 epoch costs the matrix work plus a few Python calls per batch (no DataLoader, no workers).
