@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from app.cli import main
+from tests.training.run_helpers import read_log, train_run
 from training import onnx_model
 from training.data import DataRequest, load_dataset
 from training.export import write_onnx
@@ -17,21 +15,9 @@ from training.run_dir import BEST_FILE, CHECKPOINT_FILE, load_best_model
 from training.train import EarlyStopping, TrainConfig, train
 
 
-def _train(folder: Path, out: Path, *extra: str) -> int:
-    return main(
-        ["train", "--data", str(folder), "--out", str(out), "--batch-size", "64", "--lr", "1e-3",
-         "--no-progress", "--threads", "1", *extra]
-    )  # fmt: skip
-
-
-def _log(run: Path) -> list[dict[str, str]]:
-    with (run / "log.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_run_directory_holds_everything_to_rebuild_the_model(small_folder, tmp_path):
     run = tmp_path / "run"
-    assert _train(small_folder, run, "--epochs", "2") == 0
+    assert train_run(small_folder, run, "--epochs", "2") == 0
     for name in (
         "config.json",
         "log.csv",
@@ -47,7 +33,7 @@ def test_run_directory_holds_everything_to_rebuild_the_model(small_folder, tmp_p
     assert config["dataset"]["sizes"] == {"train": 300, "val": 100, "test": 100}
     assert config["result"]["epochs_completed"] == 2
     assert config["command"].startswith("ibrnet train --data ")
-    rows = _log(run)
+    rows = read_log(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert set(rows[0]) == {"epoch", "train_mae", "val_mae", "lr", "seconds"}
     # the rebuilt best network scores the validation split exactly as training recorded it
@@ -62,7 +48,7 @@ def test_run_directory_holds_everything_to_rebuild_the_model(small_folder, tmp_p
 
 def test_bf16_training_is_selected_and_scored_in_float32(small_folder, tmp_path):
     run = tmp_path / "run"
-    assert _train(small_folder, run, "--epochs", "2", "--precision", "bf16") == 0
+    assert train_run(small_folder, run, "--epochs", "2", "--precision", "bf16") == 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["precision"] == "bf16"
     assert config["net"]["target_floor"] is None  # formation enthalpies are negative
@@ -78,7 +64,7 @@ def test_bf16_training_is_selected_and_scored_in_float32(small_folder, tmp_path)
 
 def test_a_non_negative_property_is_never_predicted_below_zero(bandgap_folder, tmp_path):
     run = tmp_path / "run"
-    assert _train(bandgap_folder, run, "--epochs", "1", "--lr", "1e-2") == 0
+    assert train_run(bandgap_folder, run, "--epochs", "1", "--lr", "1e-2") == 0
     config = json.loads((run / "config.json").read_text())
     assert config["net"]["target_floor"] == 0.0
     _, model = load_best_model(run)
@@ -97,10 +83,10 @@ def test_a_non_negative_property_is_never_predicted_below_zero(bandgap_folder, t
 
 def test_resume_continues_exactly_where_it_stopped(small_folder, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert _train(small_folder, straight, "--epochs", "3") == 0
-    assert _train(small_folder, split, "--epochs", "1") == 0
-    assert _train(small_folder, split, "--epochs", "3", "--resume") == 0
-    a, b = _log(straight), _log(split)
+    assert train_run(small_folder, straight, "--epochs", "3") == 0
+    assert train_run(small_folder, split, "--epochs", "1") == 0
+    assert train_run(small_folder, split, "--epochs", "3", "--resume") == 0
+    a, b = read_log(straight), read_log(split)
     assert [(r["epoch"], r["train_mae"], r["val_mae"], r["lr"]) for r in a] == [
         (r["epoch"], r["train_mae"], r["val_mae"], r["lr"]) for r in b
     ]
@@ -113,23 +99,23 @@ def test_resume_continues_exactly_where_it_stopped(small_folder, tmp_path):
 
 def test_an_existing_run_is_not_overwritten(small_folder, tmp_path):
     run = tmp_path / "run"
-    assert _train(small_folder, run, "--epochs", "1") == 0
+    assert train_run(small_folder, run, "--epochs", "1") == 0
     with pytest.raises(SystemExit, match="--resume"):
-        _train(small_folder, run, "--epochs", "1")
+        train_run(small_folder, run, "--epochs", "1")
     with pytest.raises(SystemExit, match="different"):
-        _train(small_folder, run, "--epochs", "2", "--resume", "--seed", "5")
+        train_run(small_folder, run, "--epochs", "2", "--resume", "--seed", "5")
 
 
 def test_time_limit_stops_cleanly(small_folder, tmp_path):
     run = tmp_path / "run"
-    assert _train(small_folder, run, "--epochs", "5", "--time-limit-min", "1e-9") == 1  # no epoch finished
+    assert train_run(small_folder, run, "--epochs", "5", "--time-limit-min", "1e-9") == 1  # no epoch finished
     config = json.loads((run / "config.json").read_text())
     assert config["result"]["stop_reason"] == "time_limit"
     assert not (run / CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize("arch", ["brnet", "irnet", "elemnet"])
-def test_baselines_train(small_folder, tmp_path, arch):
+def test_baselinestrain_run(small_folder, tmp_path, arch):
     # 299 rows per batch over 300 rows leaves a batch of one, which BatchNorm cannot train on
     config = TrainConfig(arch=arch, epochs=1, batch_size=299, lr=1e-3, device="cpu")
     result = train(config, DataRequest(str(small_folder)), tmp_path / arch, progress=False)

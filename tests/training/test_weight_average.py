@@ -3,14 +3,13 @@ weights (real rows of the packaged OQMD files, real training)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.cli import main
+from tests.training.run_helpers import read_log, train_run
 from training.data import DataRequest, load_dataset
 from training.metrics import regression_metrics
 from training.nets import NetConfig, build_network
@@ -47,15 +46,7 @@ def test_the_average_follows_the_warmed_up_decay_and_leaves_the_live_weights_alo
 
 
 def _train(folder: Path, out: Path, *extra: str) -> int:
-    return main(
-        ["train", "--data", str(folder), "--out", str(out), "--batch-size", "64", "--lr", "1e-3",
-         "--no-progress", "--threads", "1", "--weight-average-decay", "0.9", *extra]
-    )  # fmt: skip
-
-
-def _log(run: Path) -> list[dict[str, str]]:
-    with (run / "log.csv").open() as handle:
-        return list(csv.DictReader(handle))
+    return train_run(folder, out, "--weight-average-decay", "0.9", *extra)
 
 
 def _val_mae(run: Path, state: dict[str, torch.Tensor]) -> float:
@@ -76,7 +67,7 @@ def test_training_validates_and_keeps_the_averaged_weights(small_folder, tmp_pat
     assert config["train"]["weight_average_decay"] == 0.9
     assert "--weight-average-decay 0.9" in config["command"]
     checkpoint = torch.load(run / CHECKPOINT_FILE, weights_only=False)
-    last = _log(run)[-1]
+    last = read_log(run)[-1]
     averaged = _val_mae(run, checkpoint["weight_average"]["model"])
     assert averaged == pytest.approx(float(last["val_mae"]), rel=1e-6)  # the logged score is the average's
     assert _val_mae(run, checkpoint["model"]) != pytest.approx(averaged, rel=1e-3)  # not the live weights'
@@ -90,7 +81,7 @@ def test_a_resumed_run_continues_the_average_exactly(small_folder, tmp_path):
     assert _train(small_folder, straight, "--epochs", "3") == 0
     assert _train(small_folder, split, "--epochs", "1") == 0
     assert _train(small_folder, split, "--epochs", "3", "--resume") == 0
-    assert [r["val_mae"] for r in _log(straight)] == [r["val_mae"] for r in _log(split)]
+    assert [r["val_mae"] for r in read_log(straight)] == [r["val_mae"] for r in read_log(split)]
     best_a = torch.load(straight / BEST_FILE, weights_only=True)["model"]
     best_b = torch.load(split / BEST_FILE, weights_only=True)["model"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
