@@ -37,3 +37,13 @@ def test_the_fit_is_the_minimum_over_the_simplex():
 
 def test_one_member_keeps_its_weight():
     assert fitted_weights(np.zeros((1, 4)), np.ones(4)).tolist() == [1.0]
+
+
+def test_the_weights_do_not_depend_on_a_shift_shared_by_target_and_members():
+    rng = np.random.default_rng(2)
+    target = rng.lognormal(np.log(15.0), 0.4, size=3_000)  # volumes per atom, Å³
+    predictions = np.stack([target + rng.laplace(scale=s, size=3_000) for s in (0.2, 0.3, 0.4)])
+    shift = rng.uniform(-1e3, 1e3, size=3_000)  # each row moved by its own amount
+    np.testing.assert_allclose(
+        fitted_weights(predictions + shift, target + shift), fitted_weights(predictions, target), atol=1e-6
+    )
