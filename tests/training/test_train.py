@@ -115,7 +115,7 @@ def test_time_limit_stops_cleanly(small_folder, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["brnet", "irnet", "elemnet"])
-def test_baselinestrain_run(small_folder, tmp_path, arch):
+def test_baselines_train(small_folder, tmp_path, arch):
     # 299 rows per batch over 300 rows leaves a batch of one, which BatchNorm cannot train on
     config = TrainConfig(arch=arch, epochs=1, batch_size=299, lr=1e-3, device="cpu")
     result = train(config, DataRequest(str(small_folder)), tmp_path / arch, progress=False)
