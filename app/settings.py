@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
 
+    # Predictions kept in process memory in front of the SQL cache (all models together; about
+    # 300 bytes each, 30 MB at the default): repeats skip the database and the batcher. 0: off.
+    memory_cache_rows: int = Field(100_000, ge=0)
+
     # Screening jobs: rows per committed chunk.
     screen_chunk_size: int = Field(4096, ge=1)
     # Largest screen one job may hold (enumerated compositions or uploaded formulas).

@@ -9,6 +9,9 @@ batches of 32 on one thread (what the dynamic batcher sees under concurrent sing
 with the other cores busy serving HTTP). Rounds alternate float32 and int8 and the median is
 reported, so machine noise hits both alike. Accuracy is the test MAE each manifest records
 (reproduced by ``ibrnet evaluate --variant int8``).
+
+Dynamic int8 quantizes activations with one scale per ORT call, so an int8 answer depends on the
+rows sharing its call; the script prints how much (each row alone vs in calls of ``--rows``).
 """
 
 from __future__ import annotations
@@ -60,9 +63,22 @@ def compare(model_dir: Path, rows: int, rounds: int) -> None:
         fp32, quantized = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
         print(f"  {label:<24} fp32 {fp32:>9,.0f} rows/s   int8 {quantized:>9,.0f} rows/s   "
               f"{quantized / fp32:.2f}x")  # fmt: skip
+    print_batch_dependence(model_dir / int8.file, x, manifest.unit)
     fp32_mae, int8_mae = manifest.metrics["test"].mae, int8.metrics["test"].mae
     print(f"  test MAE: fp32 {fp32_mae:.5f}, int8 {int8_mae:.5f} {manifest.unit} "
           f"({100 * (int8_mae / fp32_mae - 1):+.2f}%; the rule: within 2%)")  # fmt: skip
+
+
+def print_batch_dependence(path: Path, x: np.ndarray, unit: str, rows: int = 4000) -> None:
+    """The same rows scored one per call and all in one call: per-call activation scales differ."""
+    session = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    x = x[:rows]
+    alone = np.concatenate([session.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    together = session.run(None, {"x": x})[0]
+    shift = np.abs(alone[:, 0] - together[:, 0])
+    moved = 100 * (shift > 0.01).mean()
+    print(f"  int8 answers alone vs in one call of {len(x):,} rows: mean |difference| {shift.mean():.5f} "
+          f"{unit}, > 0.01 for {moved:.1f}% of rows, max {shift.max():.3f}")  # fmt: skip
 
 
 def main() -> int:

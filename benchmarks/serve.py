@@ -60,7 +60,7 @@ from app.inference.manifest import (
     file_sha256,
 )
 from app.inference.registry import ModelRegistry
-from app.settings import REPOSITORY_MODELS_DIR, Settings
+from app.settings import REPOSITORY_MODELS_DIR, Settings, available_cpus
 from training.data import ensure_wheel
 
 OQMD = "crabnet/data/benchmark_data/OQMD_Formation_Enthalpy/{split}.csv"
@@ -126,9 +126,10 @@ def models_for_benchmark(workdir: Path) -> tuple[Path, str]:
 
 
 def model_only_throughput(
-    models_dir: Path, formulas: list[str], settings: Settings
+    models_dir: Path, formulas: list[str], settings: Settings, batch: int | None = None
 ) -> tuple[float, str, float]:
-    """Rows per second, the provider, and CPU microseconds per row (all threads of this process)."""
+    """Rows per second, the provider, and CPU microseconds per row (all threads of this process),
+    in ORT calls of ``batch`` rows (default BATCH_MAX_SIZE: the best case)."""
     registry = ModelRegistry.load(
         models_dir,
         device=settings.device,
@@ -138,7 +139,7 @@ def model_only_throughput(
     )
     model = registry.models[0]
     features = model.featurizer.transform([parse_formula(f) for f in formulas])
-    size = settings.batch_max_size
+    size = batch or settings.batch_max_size
     rates = []
     cpu_started = time.process_time()
     for _ in range(3):
@@ -268,6 +269,7 @@ class LoadResult:
     latencies_s: list[float]
     cached: int
     server_cpu_us: float = float("nan")  # server CPU time per request, all threads
+    client_cpu_us: float = float("nan")  # the load generator's own CPU time per request
 
     @property
     def throughput(self) -> float:
@@ -316,9 +318,10 @@ def run_load(server: Server, requests: list[bytes], concurrency: int) -> LoadRes
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    cpu_started = server.cpu_seconds()
+    cpu_started, client_started = server.cpu_seconds(), time.process_time()
     result = run(_load(server.port, requests, concurrency))
     result.server_cpu_us = (server.cpu_seconds() - cpu_started) / len(requests) * 1e6
+    result.client_cpu_us = (time.process_time() - client_started) / len(requests) * 1e6
     return result
 
 
@@ -343,6 +346,28 @@ def health_requests(count: int) -> list[bytes]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def print_cpu_budget(
+    health: list[LoadResult], predict: list[LoadResult], health_rate: float, ort_cpu_us: float, batch: int
+) -> None:
+    """Why cold /predict at c=64 lands where it does: the load generator, the server and ORT share
+    this machine's CPUs, and each request's CPU time was measured in this run."""
+    cpus = available_cpus()
+    client = median([r.client_cpu_us for r in predict])
+    server = median([r.server_cpu_us for r in predict])
+    health_cost = median([r.client_cpu_us for r in health]) + median([r.server_cpu_us for r in health])
+    target = 0.5 * health_rate
+    most = cpus / ((client + server) * 1e-6)
+    print(f"CPU budget at concurrency 64 ({cpus} CPUs shared by the load generator and the server):")
+    print(f"  CPU per cold /predict: load generator {client:.0f} us + server {server:.0f} us "
+          f"(/health: {health_cost:.0f} us in all)")  # fmt: skip
+    print(f"  at that cost these CPUs serve at most {most:,.0f} req/s = {most / health_rate:.2f} of /health")
+    ort_cpus = target * ort_cpu_us * 1e-6
+    print(f"  the 0.50 target is {target:,.0f} req/s; ORT alone at its cheapest (1 thread, calls of {batch} "
+          f"rows) takes {ort_cpu_us:.0f} us per row = {ort_cpus:.2f} CPUs at that rate,")  # fmt: skip
+    left_us = (cpus - ort_cpus) / target * 1e6
+    print(f"  leaving {left_us:.0f} us per request for everything else (/health alone: {health_cost:.0f} us)")
 
 
 def main() -> int:
@@ -416,6 +441,11 @@ def main() -> int:
             predict_c64_warm = run_load(server, predict_requests(c64_sets[0]), 64)
         finally:
             server.stop()
+        # What ORT alone costs per row in calls of the size the batcher achieved at c=64, at its
+        # most CPU-efficient setting (one thread: no hand-offs between threads).
+        achieved = max(1, round(batch_rows / batch_calls)) if batch_calls else 1
+        one_thread = settings.model_copy(update={"intra_op_threads": 1})
+        _, _, ort_cpu_us = model_only_throughput(models_dir, c64_sets[0][:2048], one_thread, achieved)
         naive = naive_torch_throughput(models_dir, c1_formulas[: args.naive])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -484,6 +514,7 @@ def main() -> int:
           f"warm run: {predict_c64_warm.cached} of {predict_c64_warm.requests}")  # fmt: skip
     print(f"mean achieved batch size at concurrency 64: {batch_rows / batch_calls:.1f} rows per ORT call "
           f"({batch_rows:.0f} rows in {batch_calls:.0f} calls)")  # fmt: skip
+    print_cpu_budget(health_c64, predict_c64, health64, ort_cpu_us, achieved)
     print()
     print(f"{'naive baseline: PyTorch, one forward pass per request':<56} {naive:>9,.0f} req/s")
     print(f"  service /predict at concurrency 64 vs naive: {predict64 / naive:.1f}x; "

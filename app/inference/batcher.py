@@ -216,12 +216,12 @@ class DynamicBatcher:
         outputs = self._run_model(blocks)
 
         # One PropertyPrediction per composition, shared by every request that asked for it.
-        predictions = {key: self._prediction(row, cached=True) for key, row in cached.items()}
+        predictions = {key: served_prediction(model, row, cached=True) for key, row in cached.items()}
         fresh: dict[str, CachedPrediction] = {}
         for formula, (value, uncertainty) in zip(misses, outputs[: len(misses)].tolist(), strict=True):
             row = CachedPrediction(value, None if math.isnan(uncertainty) else uncertainty)
             fresh[formula.canonical_key] = row
-            predictions[formula.canonical_key] = self._prediction(row, cached=False)
+            predictions[formula.canonical_key] = served_prediction(model, row, cached=False)
         if fresh and self.cache is not None:
             self.cache.save(model.version, fresh)
         if cached:
@@ -249,7 +249,8 @@ class DynamicBatcher:
         self._m_batch_size.observe(features.shape[0])
         return outputs
 
-    def _prediction(self, row: CachedPrediction, *, cached: bool) -> PropertyPrediction:
-        model = self.model
-        value = row.value if math.isfinite(row.value) else None  # JSON has no NaN
-        return PropertyPrediction(value, model.unit, model.name, model.version, row.uncertainty, cached)
+
+def served_prediction(model: LoadedModel, row: CachedPrediction, *, cached: bool) -> PropertyPrediction:
+    """A cache row (or a fresh model output) as the service answers it."""
+    value = row.value if math.isfinite(row.value) else None  # JSON has no NaN
+    return PropertyPrediction(value, model.unit, model.name, model.version, row.uncertainty, cached)

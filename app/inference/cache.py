@@ -1,7 +1,9 @@
 """The service's side of the prediction cache: bulk lookups, hand-off of new rows, back-off.
 
-- Lookups are made by the model batchers' worker threads, once per batch (one query per chunk
-  of keys), never on the event loop and never once per request.
+- Recent predictions are answered from process memory (app/inference/recent.py) first; the
+  event loop may ask that layer (``recall``), never the database.
+- Database lookups are made by the model batchers' worker threads, once per batch (one query per
+  chunk of keys), never on the event loop and never once per request.
 - New rows go to the CacheWriter (its own thread, bounded queue): nothing waits for a write.
 - When the database fails, lookups are skipped (every prediction is computed) and a probe
   thread pings the database until it answers again. Requests never wait on a dead database's
@@ -17,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from app.inference.metrics import ServiceMetrics
+from app.inference.recent import RecentPredictions
 from app.store.database import StoreUnavailable
 from app.store.predictions import CachedPrediction, PredictionStore
 from app.store.writer import CacheWriter
@@ -35,9 +38,11 @@ class PredictionCache:
         metrics: ServiceMetrics,
         *,
         probe_interval_s: float = PROBE_INTERVAL_S,
+        recent: RecentPredictions | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
+        self.recent = recent if recent is not None else RecentPredictions(0)
         self._metrics = metrics
         self._probe_interval_s = probe_interval_s
         self._lock = threading.Lock()
@@ -47,23 +52,35 @@ class PredictionCache:
         self.last_error: str | None = None
         self.down_since: float | None = None
 
+    def recall(self, model_version: str, key: str) -> CachedPrediction | None:
+        """The row for ``key`` if it is in memory (never asks the database; fine on the event loop)."""
+        return self.recent.get(model_version, key)
+
     def lookup(self, model_version: str, keys: Sequence[str]) -> dict[str, CachedPrediction]:
-        """Cached rows among ``keys`` (blocking; call it off the event loop). {} while the
-        database is down: the caller then computes every prediction."""
+        """Cached rows among ``keys`` (blocking; call it off the event loop): from memory, then from
+        the database. Only what memory holds while the database is down: the caller then computes
+        the rest."""
         if not keys:
             return {}
+        found = self.recent.get_many(model_version, keys)
+        rest = [key for key in keys if key not in found] if found else keys
+        if not rest:
+            return found
         if not self.available:
             self._metrics.cache_errors.labels(operation="lookup_skipped").inc()
-            return {}
+            return found
         try:
-            return self.store.lookup(model_version, keys)
+            stored = self.store.lookup(model_version, rest)
         except StoreUnavailable as error:
             self._metrics.cache_errors.labels(operation="lookup").inc()
             self._mark_down(str(error))
-            return {}
+            return found
+        self.recent.put_many(model_version, stored)
+        return found | stored if found else stored
 
     def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> None:
-        """Queue new rows for the background writer; returns at once."""
+        """Remember new rows and queue them for the background writer; returns at once."""
+        self.recent.put_many(model_version, rows)
         if rows and self.writer is not None:
             self.writer.submit(model_version, rows)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, parse_formula
 from app.errors import DomainError
-from app.inference.batcher import DynamicBatcher
+from app.inference.batcher import DynamicBatcher, served_prediction
 from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.registry import LoadedModel, ModelRegistry
@@ -106,12 +106,30 @@ class Predictor:
         if isinstance(parsed, DomainError):
             self.metrics.formula_errors.labels(code=parsed.code).inc()
             raise parsed
+        remembered = self._remembered(models, parsed.canonical_key)
+        if remembered is not None:
+            return PredictionResult(formula, parsed.canonical_key, remembered)
         answers = await self._answers(models, [parsed])
         return PredictionResult(
             formula,
             parsed.canonical_key,
             {model.property: answer[0] for model, answer in zip(models, answers, strict=True)},
         )
+
+    def _remembered(self, models: Sequence[LoadedModel], key: str) -> dict[str, PropertyPrediction] | None:
+        """Every model's answer from process memory, or None if one is missing: a repeat costs
+        no batcher round trip and no thread hand-off (app/inference/recent.py)."""
+        if self.cache is None:
+            return None
+        answers: dict[str, PropertyPrediction] = {}
+        for model in models:
+            row = self.cache.recall(model.version, key)
+            if row is None:
+                return None
+            answers[model.property] = served_prediction(model, row, cached=True)
+        for model in models:
+            self.metrics.cache_hits.labels(property=model.property).inc()
+        return answers
 
     async def predict_many(self, formulas: Sequence[str], properties: Sequence[str] | None) -> list[Result]:
         results: list[Result] = []

@@ -12,6 +12,7 @@ from app.inference.batcher import DynamicBatcher
 from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.predictor import Predictor
+from app.inference.recent import RecentPredictions
 from app.inference.registry import ModelRegistry
 from app.settings import Settings
 from app.store.database import StoreUnavailable, create_schema, make_engine
@@ -61,7 +62,7 @@ class Services:
         writer = CacheWriter(store)
         metrics.watch_pending_writes(lambda: writer.pending)
         # One cache for the batchers (their worker threads look rows up) and the predictor.
-        cache = PredictionCache(store, writer, metrics)
+        cache = PredictionCache(store, writer, metrics, recent=RecentPredictions(settings.memory_cache_rows))
 
         batchers = {
             model.property: DynamicBatcher(

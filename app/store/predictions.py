@@ -42,7 +42,7 @@ POSTGRES_CHUNK_ROWS = 10_000
 _Item = TypeVar("_Item")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedPrediction:
     value: float
     uncertainty: float | None

@@ -21,6 +21,11 @@ needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="IBRNET_TEST_POSTGR
 UNREACHABLE_URL = "postgresql://ibrnet:ibrnet@127.0.0.1:9/ibrnet"
 
 
+def sum_of(metrics: str, name: str) -> float:
+    """A Prometheus counter summed over its labels."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
+
+
 def band_gaps(body: dict) -> tuple[float, bool]:
     prediction = body["predictions"]["band_gap"]
     return prediction["value"], prediction["cached"]
@@ -80,14 +85,38 @@ async def test_unreachable_database_still_predicts_and_reports_degraded(models_d
         assert 'ibrnet_cache_errors_total{operation="lookup_skipped"}' in metrics
 
 
+async def test_repeats_are_answered_from_memory_even_while_the_database_is_down(models_dir):
+    async with serve(make_settings(models_dir, UNREACHABLE_URL)) as (_, client):
+        first = (await client.post("/predict", json={"formula": "NaCl"})).json()
+        before = (await client.get("/metrics")).text
+        again = (await client.post("/predict", json={"formula": "ClNa"})).json()  # the same composition
+        after = (await client.get("/metrics")).text
+        batch = (await client.post("/predict/batch", json={"formulas": ["NaCl", "KCl"]})).json()["results"]
+    assert all(not p["cached"] for p in first["predictions"].values())
+    # The repeat was answered on the event loop: no model's batcher saw it.
+    assert sum_of(after, "ibrnet_batch_submissions_total") == sum_of(before, "ibrnet_batch_submissions_total")
+    assert sum_of(after, "ibrnet_cache_hits_total") == sum_of(before, "ibrnet_cache_hits_total") + 3
+    remembered = {name: {**p, "cached": True} for name, p in first["predictions"].items()}
+    assert again["predictions"] == remembered
+    assert batch[0]["predictions"] == remembered
+    assert all(not p["cached"] for p in batch[1]["predictions"].values())
+
+    async with serve(make_settings(models_dir, UNREACHABLE_URL, memory_cache_rows=0)) as (_, client):
+        for _ in range(2):  # no memory layer, no database: every answer is computed
+            body = (await client.post("/predict", json={"formula": "NaCl"})).json()
+            assert all(not p["cached"] for p in body["predictions"].values())
+
+
 @pytest.mark.postgres
 @needs_postgres
 async def test_postgres_outage_degrades_then_recovers_by_itself(models_dir):
     assert POSTGRES_URL is not None
     proxy = TcpProxy(POSTGRES_URL)
     proxy.start()
+    # The in-memory layer would answer MgO during the outage: this test is about the database.
+    settings = make_settings(models_dir, proxy.url, memory_cache_rows=0)
     try:
-        async with serve(make_settings(models_dir, proxy.url)) as (app, client):
+        async with serve(settings) as (app, client):
             assert (await client.get("/ready")).status_code == 200
             value, cached = band_gaps((await client.post("/predict", json={"formula": "MgO"})).json())
             assert not cached
