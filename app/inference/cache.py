@@ -5,9 +5,9 @@
 - Database lookups are made by the model batchers' worker threads, once per batch (one query per
   chunk of keys), never on the event loop and never once per request.
 - New rows go to the CacheWriter (its own thread, bounded queue): nothing waits for a write.
-- When the database fails, lookups are skipped (every prediction is computed) and a probe
-  thread pings the database until it answers again. Requests never wait on a dead database's
-  connect timeout, and the cache comes back by itself.
+- When the database fails, its lookups are skipped (what memory does not hold is computed) and
+  a probe thread pings the database until it answers again. Requests never wait on a dead
+  database's connect timeout, and the cache comes back by itself.
 """
 
 from __future__ import annotations
