@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -79,8 +80,10 @@ class PredictionCache:
         return found | stored if found else stored
 
     def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> None:
-        """Remember new rows and queue them for the background writer; returns at once."""
-        self.recent.put_many(model_version, rows)
+        """Remember new rows and queue them for the background writer; returns at once. Like the
+        database (PredictionStore.save), memory keeps no non-finite value."""
+        finite = {key: row for key, row in rows.items() if math.isfinite(row.value)}
+        self.recent.put_many(model_version, finite if len(finite) < len(rows) else rows)
         if rows and self.writer is not None:
             self.writer.submit(model_version, rows)
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from app.inference.cache import PredictionCache
+from app.inference.metrics import ServiceMetrics
 from app.inference.recent import RecentPredictions
-from app.store.predictions import CachedPrediction
+from app.store.database import create_schema, make_engine
+from app.store.predictions import CachedPrediction, PredictionStore
 
 
 def row(value: float) -> CachedPrediction:
@@ -43,3 +46,19 @@ def test_zero_rows_keeps_nothing():
     assert recent.get("v1", "NaCl") is None
     with pytest.raises(ValueError):
         RecentPredictions(-1)
+
+
+def test_the_cache_remembers_what_it_saves_but_no_non_finite_value(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    create_schema(engine)
+    store = PredictionStore(engine)
+    cache = PredictionCache(store, None, ServiceMetrics(), recent=RecentPredictions(10))
+    try:
+        cache.save("v1", {"NaCl": row(1.5), "Xe": row(float("nan"))})
+        assert cache.recall("v1", "NaCl") == row(1.5)
+        assert cache.recall("v1", "Xe") is None  # recomputed when asked again, as the database would
+        assert cache.lookup("v1", ["NaCl", "Xe", "KCl"]) == {"NaCl": row(1.5)}
+        assert cache.recall("v2", "NaCl") is None
+    finally:
+        cache.close()
+        engine.dispose()
