@@ -98,6 +98,11 @@ class ServiceMetrics:
         self.cache_write_pending = Gauge(
             "ibrnet_cache_write_pending", "Rows waiting for the background cache writer", registry=registry
         )
+        self.memory_cache_rows = Gauge(
+            "ibrnet_memory_cache_rows",
+            "Predictions held in process memory (IBRNET_MEMORY_CACHE_ROWS)",
+            registry=registry,
+        )
         self.models_loaded = Gauge("ibrnet_models_loaded", "Models serving", registry=registry)
         self.models_failed = Gauge(
             "ibrnet_models_failed", "Model folders skipped at start-up", registry=registry
@@ -105,6 +110,9 @@ class ServiceMetrics:
 
     def watch_pending_writes(self, pending: Callable[[], float]) -> None:
         self.cache_write_pending.set_function(pending)
+
+    def watch_remembered_rows(self, remembered: Callable[[], float]) -> None:
+        self.memory_cache_rows.set_function(remembered)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -62,7 +62,9 @@ class Services:
         writer = CacheWriter(store)
         metrics.watch_pending_writes(lambda: writer.pending)
         # One cache for the batchers (their worker threads look rows up) and the predictor.
-        cache = PredictionCache(store, writer, metrics, recent=RecentPredictions(settings.memory_cache_rows))
+        recent = RecentPredictions(settings.memory_cache_rows)
+        metrics.watch_remembered_rows(lambda: len(recent))
+        cache = PredictionCache(store, writer, metrics, recent=recent)
 
         batchers = {
             model.property: DynamicBatcher(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.api.harness import flush_cache_writes, make_settings, serve
+from tests.api.harness import flush_cache_writes, make_settings, metric_value, serve
 from tests.model_factory import reference_outputs, write_model
 from tests.tcp_proxy import TcpProxy
 
@@ -96,6 +96,7 @@ async def test_repeats_are_answered_from_memory_even_while_the_database_is_down(
     # The repeat was answered on the event loop: no model's batcher saw it.
     assert sum_of(after, "ibrnet_batch_submissions_total") == sum_of(before, "ibrnet_batch_submissions_total")
     assert sum_of(after, "ibrnet_cache_hits_total") == sum_of(before, "ibrnet_cache_hits_total") + 3
+    assert metric_value(after, "ibrnet_memory_cache_rows") == 3  # NaCl, for each of the three models
     remembered = {name: {**p, "cached": True} for name, p in first["predictions"].items()}
     assert again["predictions"] == remembered
     assert batch[0]["predictions"] == remembered
