@@ -13,7 +13,6 @@ metrics beside it, so the cost in accuracy is on record.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from app.inference.manifest import (
     Variant,
     file_sha256,
 )
-from training import calibration, fp16, onnx_model
+from training import calibration, fp16, onnx_model, row_int8
 from training.data import DataRequest, Dataset, load_dataset
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
@@ -329,27 +328,9 @@ def layer_weights(path: Path) -> dict[str, int]:
 
 
 def quantize_layers(source: Path, target: Path, min_weights: int) -> int:
-    """Dynamic int8 for the layers with >= ``min_weights`` weights; returns how many were quantized."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    layers = layer_weights(source)
-    keep_float = [name for name, size in layers.items() if size < min_weights]
-    quiet = logging.getLogger()
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # ORT's advice to pre-process applies to convolutional models, not MLPs
-    try:
-        quantize_dynamic(
-            str(source),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            # the quantizer rewrites each Gemm as "<name>_MatMul" before it looks at the exclusions
-            nodes_to_exclude=[*keep_float, *(f"{name}_MatMul" for name in keep_float)],
-        )
-    finally:
-        quiet.setLevel(level)
-    graph = onnx.load(str(target)).graph
-    return sum(node.op_type == "MatMulInteger" for node in graph.node)
+    """int8 for the layers with >= ``min_weights`` weights, one activation scale per row so that a
+    row's answer never depends on its batch (training/row_int8.py); returns how many layers."""
+    return row_int8.rewrite(source, target, min_weights)
 
 
 def quantize_int8(

@@ -214,3 +214,20 @@ def test_an_int8_variant_above_the_test_limit_is_not_written(exported, tmp_path,
     assert quantize_int8(exported / ONNX_FILE, tmp_path / "int8.onnx", dataset, fp32) is None
     assert not (tmp_path / "int8.onnx").exists()
     assert "int8 chosen" in capsys.readouterr().err  # chosen on validation, then refused by the test rule
+
+
+def test_an_int8_answer_does_not_depend_on_the_rows_sharing_its_call(exported, tmp_path):
+    """Per-row activation scales: a formula's int8 answer is the same alone or batched, even next to
+    a row whose activations are a hundred times larger (ORT's dynamic int8 fails this)."""
+    dataset = load_dataset(DataRequest("oqmd-formation-enthalpy", limit=int(LIMIT)), splits=("test",))
+    x = dataset.splits["test"].x[:64]
+    quantize_layers(exported / ONNX_FILE, tmp_path / "int8.onnx", 0)  # every layer, the hardest case
+    session = onnx_model.session(tmp_path / "int8.onnx")
+    alone = np.concatenate([session.run(["y"], {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    together = session.run(["y"], {"x": x})[0]
+    with_outlier = session.run(["y"], {"x": np.concatenate([x, 100 * x[:1]])})[0][: len(x)]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(with_outlier, alone)
+    float32 = onnx_model.session(exported / ONNX_FILE).run(["y"], {"x": x})[0]
+    assert not np.array_equal(alone, float32)  # it is int8 arithmetic, not a float copy
+    assert np.abs(alone - float32).max() < 0.1 * np.abs(float32).max()
