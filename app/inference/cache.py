@@ -82,8 +82,7 @@ class PredictionCache:
     def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> None:
         """Remember new rows and queue them for the background writer; returns at once. Like the
         database (PredictionStore.save), memory keeps no non-finite value."""
-        finite = {key: row for key, row in rows.items() if math.isfinite(row.value)}
-        self.recent.put_many(model_version, finite if len(finite) < len(rows) else rows)
+        self.recent.put_many(model_version, {k: row for k, row in rows.items() if math.isfinite(row.value)})
         if rows and self.writer is not None:
             self.writer.submit(model_version, rows)
 

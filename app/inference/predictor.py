@@ -75,6 +75,9 @@ class Predictor:
         self.max_formula_length = max_formula_length
         self._parse = lru_cache(maxsize=PARSE_MEMO_SIZE)(self._parse_uncached)
         self._plans = lru_cache(maxsize=256)(self._plan_uncached)
+        # Metric children resolved once (.labels() takes a lock and a dict lookup on every call).
+        hits = self.metrics.cache_hits
+        self._hits = {m.property: hits.labels(property=m.property) for m in registry.models}
 
     def close(self) -> None:
         if self.cache is not None:
@@ -128,7 +131,7 @@ class Predictor:
                 return None
             answers[model.property] = served_prediction(model, row, cached=True)
         for model in models:
-            self.metrics.cache_hits.labels(property=model.property).inc()
+            self._hits[model.property].inc()
         return answers
 
     async def predict_many(self, formulas: Sequence[str], properties: Sequence[str] | None) -> list[Result]:

@@ -77,3 +77,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if found == wanted:
             return float(value)
     return 0.0
+
+
+def metric_total(text: str, name: str) -> float:
+    """A Prometheus series summed over all its labels."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))

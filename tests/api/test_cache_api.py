@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.api.harness import flush_cache_writes, make_settings, metric_value, serve
+from tests.api.harness import flush_cache_writes, make_settings, metric_total, metric_value, serve
 from tests.model_factory import reference_outputs, write_model
 from tests.tcp_proxy import TcpProxy
 
@@ -19,11 +19,6 @@ POSTGRES_URL = os.environ.get("IBRNET_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="IBRNET_TEST_POSTGRES_URL is not set")
 # A port nothing listens on: connections are refused at once, like a database that is down.
 UNREACHABLE_URL = "postgresql://ibrnet:ibrnet@127.0.0.1:9/ibrnet"
-
-
-def sum_of(metrics: str, name: str) -> float:
-    """A Prometheus counter summed over its labels."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
 
 
 def band_gaps(body: dict) -> tuple[float, bool]:
@@ -94,8 +89,9 @@ async def test_repeats_are_answered_from_memory_even_while_the_database_is_down(
         batch = (await client.post("/predict/batch", json={"formulas": ["NaCl", "KCl"]})).json()["results"]
     assert all(not p["cached"] for p in first["predictions"].values())
     # The repeat was answered on the event loop: no model's batcher saw it.
-    assert sum_of(after, "ibrnet_batch_submissions_total") == sum_of(before, "ibrnet_batch_submissions_total")
-    assert sum_of(after, "ibrnet_cache_hits_total") == sum_of(before, "ibrnet_cache_hits_total") + 3
+    submissions, hits = "ibrnet_batch_submissions_total", "ibrnet_cache_hits_total"
+    assert metric_total(after, submissions) == metric_total(before, submissions)
+    assert metric_total(after, hits) == metric_total(before, hits) + 3
     assert metric_value(after, "ibrnet_memory_cache_rows") == 3  # NaCl, for each of the three models
     remembered = {name: {**p, "cached": True} for name, p in first["predictions"].items()}
     assert again["predictions"] == remembered
