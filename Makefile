@@ -1,5 +1,6 @@
 # make serve   start the service on the bundled models/ (SQLite cache) on http://127.0.0.1:8000
-# make test    install the training and dev tools, start PostgreSQL when possible, ruff + pytest
+# make test    install the training and dev tools, start PostgreSQL and install Chromium when possible
+#              (root or CI), ruff + pytest
 # make lint    ruff and hadolint only
 # make clean   caches and build leftovers (keeps the virtual environment); distclean removes it too
 #
@@ -64,6 +65,15 @@ test: $(STAMP_DEV)
 			fi; \
 		else \
 			echo "make test: not root and not CI: PostgreSQL tests skip (set IBRNET_TEST_POSTGRES_URL to run them)" >&2; \
+		fi; \
+	fi; \
+	if [ -z "$${IBRNET_TEST_CHROMIUM:-}" ] && { [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; }; then \
+		if chromium="$$(bash scripts/install-chromium.sh)" && [ -n "$$chromium" ]; then \
+			export IBRNET_TEST_CHROMIUM="$$chromium"; \
+		elif [ "$${CI:-}" = true ]; then \
+			echo "make test: Chromium did not install (CI=true: fatal)" >&2; exit 1; \
+		else \
+			echo "make test: Chromium did not install; the page's browser tests will skip" >&2; \
 		fi; \
 	fi; \
 	$(BIN)/ruff check .; \

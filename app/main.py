@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api import health, models, predict, screen
+from app.api import health, limits, models, predict, screen
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import ServiceMiddleware
 from app.inference.metrics import ServiceMetrics
 from app.inference.service import Services
 from app.settings import Settings, get_settings
+from app.web import install_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,9 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
-    for router in (predict.router, models.router, health.router, screen.router):
+    for router in (predict.router, models.router, health.router, limits.router, screen.router):
         app.include_router(router)
     install_docs(app)
+    install_page(app)
     return app
 
 

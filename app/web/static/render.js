@@ -1,0 +1,100 @@
+// DOM building for answers: numbers, refused formulas, one prediction. User text only ever goes
+// in through textContent, never as HTML.
+
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+// Four significant digits: what the models resolve, and short enough for a phone's table.
+export function formatNumber(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "n/a";
+  if (value !== 0 && (Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3)) return value.toExponential(3);
+  return String(Number(value.toPrecision(4)));
+}
+
+export function label(property) {
+  return property.replaceAll("_", " ");
+}
+
+// The service's refusal: its code and message, and the formula with the offending token marked.
+export function errorBox(formula, error) {
+  const box = el("div", { class: "error", role: "alert", "data-code": error.code });
+  box.append(el("p", {}, el("strong", {}, error.code), ": ", error.message));
+  if (typeof formula === "string" && formula.length > 0) {
+    const marked = highlightToken(formula, error);
+    if (marked) box.append(el("p", { class: "formula-echo" }, ...marked));
+  }
+  return box;
+}
+
+function highlightToken(formula, error) {
+  const token = typeof error.token === "string" ? error.token : error.element;
+  let start = Number.isInteger(error.position) ? error.position : -1;
+  if (start < 0 && typeof token === "string" && token) start = formula.indexOf(token);
+  if (start < 0 || start > formula.length) return null;
+  const length = typeof token === "string" && token ? token.length : 1;
+  return [
+    formula.slice(0, start),
+    el("mark", { "data-role": "offending-token" }, formula.slice(start, start + length) || "␣"),
+    formula.slice(start + length),
+  ];
+}
+
+// One formula's answer: every property with value, unit, uncertainty and interval when present.
+export function predictionCard(answer) {
+  const rows = Object.entries(answer.predictions).map(([property, p]) =>
+    el(
+      "tr",
+      { "data-property": property },
+      el("th", { scope: "row" }, label(property)),
+      el("td", { class: "num", "data-role": "value", "data-value": p.value ?? "" }, formatNumber(p.value)),
+      el("td", {}, p.unit),
+      el("td", { class: "num", "data-role": "uncertainty" }, p.uncertainty == null ? "—" : `± ${formatNumber(p.uncertainty)}`),
+      el("td", { class: "num", "data-role": "interval" }, intervalText(p.interval)),
+      el("td", { class: "muted" }, extrasText(p)),
+      el("td", { class: "muted" }, `${p.model} ${p.version}${p.cached ? " (cached)" : ""}`),
+    ),
+  );
+  return el(
+    "div",
+    { class: "card" },
+    el("p", {}, "Composition ", el("code", { "data-role": "composition" }, answer.composition)),
+    tableWrap(
+      el(
+        "table",
+        {},
+        el("thead", {}, el("tr", {}, ...["Property", "Value", "Unit", "Uncertainty (1σ)", "Interval", "", "Model"].map((t) => el("th", { scope: "col" }, t)))),
+        el("tbody", {}, ...rows),
+      ),
+    ),
+  );
+}
+
+export function intervalText(interval) {
+  if (!interval) return "—";
+  const level = interval.level ? ` (${Math.round(interval.level * 100)}%)` : "";
+  return `${formatNumber(interval.low)} … ${formatNumber(interval.high)}${level}`;
+}
+
+// Fields a derived property may add (stability: p_stable, known); shown when the service sends them.
+function extrasText(prediction) {
+  const parts = [];
+  if (prediction.p_stable !== undefined && prediction.p_stable !== null) parts.push(`P(stable) ${formatNumber(prediction.p_stable)}`);
+  if (prediction.known) parts.push("known compound");
+  return parts.join(", ");
+}
+
+export function tableWrap(table) {
+  return el("div", { class: "table-wrap", tabindex: "0" }, table);
+}
+
+export function clear(node) {
+  node.replaceChildren();
+}
