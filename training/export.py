@@ -49,12 +49,14 @@ PARITY_ROWS = 1000
 PARITY_TOLERANCE = 1e-4  # max |ONNX - PyTorch| on real inputs, in the target's unit
 
 ARCHITECTURE_CITATIONS: dict[str, str] = {
-    "ibrnet": "iBRNet: V. Gupta, A. Peltekian, W.-k. Liao, A. Choudhary, A. Agrawal, 'Improving deep "
+    "ibrnet": "iBRNet: V. Gupta et al., 'Simultaneously improving accuracy and computational cost under "
+    "parametric constraints in materials property prediction tasks', J. Cheminform. 16 (2024), "
+    "doi:10.1186/s13321-024-00811-6.",
+    "brnet": "BRNet: V. Gupta, A. Peltekian, W.-k. Liao, A. Choudhary, A. Agrawal, 'Improving deep "
     "learning model performance under parametric constraints for materials informatics applications', "
-    "Sci. Rep. 13, 9128 (2023).",
-    "brnet": "BRNet: V. Gupta, A. Peltekian, W.-k. Liao, A. Choudhary, A. Agrawal, 'BRNet: Branched "
-    "residual network for fast and accurate predictive modeling of materials properties', "
-    "SIAM International Conference on Data Mining (2022).",
+    "Sci. Rep. 13, 9128 (2023); first presented as 'BRNet: Branched residual network for fast and "
+    "accurate predictive modeling of materials properties', SIAM International Conference on Data "
+    "Mining (2022).",
     "irnet": "IRNet: D. Jha, L. Ward, Z. Yang, C. Wolverton, I. Foster, W.-k. Liao, A. Choudhary, "
     "A. Agrawal, 'Enabling deeper learning on big data for materials informatics applications', "
     "Sci. Rep. 11, 4244 (2021).",

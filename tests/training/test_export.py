@@ -104,6 +104,9 @@ def test_manifest_is_complete(exported, trained_run):
     assert training.wall_time_s > 0 and training.hardware
     assert any("OQMD" in c for c in manifest.citations)
     assert any("Sparks" in c for c in manifest.citations)  # the CrabNet authors
+    # iBRNet is the J. Cheminform. 2024 paper; Sci. Rep. 13, 9128 is BRNet's.
+    assert any(c.startswith("iBRNet:") and "10.1186/s13321-024-00811-6" in c for c in manifest.citations)
+    assert not any("9128" in c for c in manifest.citations)
     variant = manifest.variants["int8"]
     assert variant.file == INT8_ONNX_FILE and variant.sha256 == file_sha256(exported / INT8_ONNX_FILE)
     assert variant.metrics["test"].n == 2000

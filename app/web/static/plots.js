@@ -5,6 +5,8 @@ import { label } from "./render.js";
 
 const CONFIG = { responsive: true, displaylogo: false };
 const MARGIN = { l: 60, r: 20, t: 40, b: 50 };
+// Titles on the left: plotly's tool bar sits on the right of the same band.
+const title = (text) => ({ text, x: 0.01, xanchor: "left", font: { size: 14 } });
 
 // Stability first when the service serves it, then formation energy: what a composition map is for.
 const MAP_PREFERENCE = ["e_above_hull", "formation_energy_mp", "formation_enthalpy"];
@@ -31,7 +33,7 @@ export function plotScreen({ rows, elements, property, histogramNode, mapNode })
     histogramNode,
     [{ type: "histogram", x: values, marker: { color: "#2a6f97" } }],
     {
-      title: { text: `${label(property)}: ${values.length} compositions` },
+      title: title(`${label(property)}: ${values.length} compositions`),
       xaxis: { title: { text: `${label(property)} (${unit})` } },
       yaxis: { title: { text: "compositions" } },
       margin: MARGIN,
@@ -55,7 +57,7 @@ function plotBinary(node, rows, [first, second], property) {
     node,
     [{ type: "scatter", mode: "lines+markers", x: points.map((p) => p.x), y: points.map((p) => p.y), text: points.map((p) => p.text), hovertemplate: "%{text}<br>%{y:.3f}<extra></extra>" }],
     {
-      title: { text: `${label(property)} across ${first}–${second}` },
+      title: title(`${label(property)} across ${first}–${second}`),
       xaxis: { title: { text: `fraction of ${second}` }, range: [0, 1] },
       yaxis: { title: { text: `${label(property)} (${unit})` } },
       margin: MARGIN,
@@ -87,7 +89,7 @@ function plotTernary(node, rows, [a, b, c], property) {
       },
     }],
     {
-      title: { text: `${label(property)} across ${a}–${b}–${c}` },
+      title: title(`${label(property)} across ${a}–${b}–${c}`),
       ternary: { aaxis: { title: { text: a } }, baxis: { title: { text: b } }, caxis: { title: { text: c } } },
       margin: MARGIN,
     },

@@ -49,7 +49,11 @@ function highlightToken(formula, error) {
 
 // One formula's answer: every property with value, unit, uncertainty and interval when present.
 export function predictionCard(answer) {
-  const rows = Object.entries(answer.predictions).map(([property, p]) =>
+  const entries = Object.entries(answer.predictions);
+  // Derived properties (stability) add fields of their own; their column appears only then.
+  const withExtras = entries.some(([, p]) => extrasText(p) !== "");
+  const titles = ["Property", "Value", "Unit", "Uncertainty (1σ)", "Interval", ...(withExtras ? ["Stability"] : []), "Model"];
+  const rows = entries.map(([property, p]) =>
     el(
       "tr",
       { "data-property": property },
@@ -58,7 +62,7 @@ export function predictionCard(answer) {
       el("td", {}, p.unit),
       el("td", { class: "num", "data-role": "uncertainty" }, p.uncertainty == null ? "—" : `± ${formatNumber(p.uncertainty)}`),
       el("td", { class: "num", "data-role": "interval" }, intervalText(p.interval)),
-      el("td", { class: "muted" }, extrasText(p)),
+      withExtras ? el("td", {}, extrasText(p)) : null,
       el("td", { class: "muted" }, `${p.model} ${p.version}${p.cached ? " (cached)" : ""}`),
     ),
   );
@@ -70,7 +74,7 @@ export function predictionCard(answer) {
       el(
         "table",
         {},
-        el("thead", {}, el("tr", {}, ...["Property", "Value", "Unit", "Uncertainty (1σ)", "Interval", "", "Model"].map((t) => el("th", { scope: "col" }, t)))),
+        el("thead", {}, el("tr", {}, ...titles.map((title) => el("th", { scope: "col" }, title)))),
         el("tbody", {}, ...rows),
       ),
     ),
