@@ -20,11 +20,17 @@ STARTUP_TIMEOUT_S = 60
 
 @contextmanager
 def ibrnet_serve(
-    models_dir: Path, database_url: str, cwd: Path, env: Mapping[str, str] | None = None
+    models_dir: Path,
+    database_url: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """(base URL, process) once GET /ready answers 200; SIGTERM (a graceful stop) on the way out
-    unless the test already ended the process. ``env`` adds IBRNET_* settings."""
-    port = free_port()
+    unless the test already ended the process. ``env`` adds IBRNET_* settings. ``port``: a fixed
+    one (a restarted server at the same address), else a free one."""
+    port = port or free_port()
     environment = {**os.environ, "IBRNET_INTRA_OP_THREADS": "1", **(env or {})}
     environment.pop("IBRNET_MODELS_DIR", None)
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--models", str(models_dir)]
