@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit", type=int, help="use at most this many rows of each split (seeded subset)")
     _add_training_options(train)
     train.add_argument("--no-target-scaling", action="store_true", help="no train mean/std on the output")
+    train.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR[#MEMBER]",
+        help="start from a shipped model's weights (an ensemble's MEMBER, default 0) and fine-tune: "
+        "transfer between databases, e.g. OQMD formation enthalpy -> Materials Project",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     export = commands.add_parser("export", help="export a trained run to ONNX + manifest")

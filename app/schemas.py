@@ -117,7 +117,7 @@ class LimitsPublic(BaseModel):
     max_batch_items: int = Field(description="Formulas per /predict/batch request (IBRNET_MAX_BATCH_ITEMS)")
     max_formula_length: int = Field(description="Characters per formula (IBRNET_MAX_FORMULA_LENGTH)")
     max_body_bytes: int = Field(description="Bytes per request body (IBRNET_MAX_BODY_BYTES)")
-    screen_max_compositions: int = Field(description="Rows per screening job (IBRNET_SCREEN_MAX_COMPOSITIONS)")
+    screen_max_compositions: int = Field(description="Rows per screening job (SCREEN_MAX_COMPOSITIONS)")
     screen_max_atoms: int = Field(description="Largest max_atoms of an enumeration")
 
 

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # A running job whose runner has not committed for this long (killed) is taken over.
     screen_lease_s: float = Field(30.0, gt=0.0)
 
+    # Stability (e_above_hull): a CSV `formula,formation_energy` (eV/atom, DFT) replacing the
+    # shipped Materials Project reference, and how many chemical systems' hulls stay built.
+    hull_reference: Path | None = None
+    hull_cache_systems: int = Field(4096, ge=1)
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

@@ -26,6 +26,11 @@ AFLOW_CITATION = (
     "AFLOW: S. Curtarolo et al., 'AFLOW: An automatic framework for high-throughput materials "
     "discovery', Comput. Mater. Sci. 58, 218 (2012)."
 )
+BARTEL_CITATION = (
+    "Stability benchmark (CritExam): C. J. Bartel, A. Trewartha, Q. Wang, A. Dunn, A. Jain, G. Ceder, "
+    "'A critical examination of compound stability predictions from machine-learned formation "
+    "energies', npj Comput. Mater. 6, 97 (2020)."
+)
 MATBENCH_CITATION = (
     "Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, 'Benchmarking materials property "
     "prediction methods: the Matbench test set and Automatminer reference algorithm', "
@@ -90,6 +95,24 @@ PACKAGED: dict[str, PackagedDataset] = {
             "eV/atom",
             "DFT energy above the convex hull from the Materials Project",
             (MP_CITATION,),
+        ),
+        # Bartel's 85,014 Materials Project compounds (one ground state per composition) with their
+        # own splits: formation energies (Ef) and the same formulas' decomposition enthalpies (Ed).
+        _benchmark(
+            "critexam-ef",
+            "CritExam__Ef",
+            "formation_energy_mp",
+            "eV/atom",
+            "DFT formation energy from the Materials Project (Bartel et al.'s stability benchmark)",
+            (MP_CITATION, BARTEL_CITATION),
+        ),
+        _benchmark(
+            "critexam-ed",
+            "CritExam__Ed",
+            "decomposition_enthalpy",
+            "eV/atom",
+            "DFT decomposition enthalpy from the Materials Project (Bartel et al.'s stability benchmark)",
+            (MP_CITATION, BARTEL_CITATION),
         ),
         PackagedDataset(
             "matbench-expt-gap",

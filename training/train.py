@@ -68,6 +68,7 @@ class TrainConfig:
     eval_batch_size: int = 8192
     target_scaling: bool = True  # bake train mean/std of the target into the output layer
     weight_average_decay: float | None = None  # validate and keep an EMA of the weights (weight_average.py)
+    init_from: str | None = None  # MODEL_DIR[#MEMBER]: start from a shipped model (warm_start.py)
 
     @property
     def uses_rlrop(self) -> bool:
@@ -274,10 +275,14 @@ def train(
         saved_config = read_config(run_dir)
         _check_resumable(saved_config, config, request)
         net_config = NetConfig.from_dict(saved_config["net"])  # same normalisation as before
+        model = build_network(net_config).to(device)
+    elif config.init_from:
+        net_config, model = warm_start(config, featurizer.name)
+        model = model.to(device)
     else:
         stats = normalisation(dataset, featurizer.labels, config.target_scaling)
         net_config = NetConfig(arch=config.arch, input_width=featurizer.width, **stats)
-    model = build_network(net_config).to(device)
+        model = build_network(net_config).to(device)
     parameters = count_parameters(model)
     run_config = {
         "train": asdict(config),
@@ -487,6 +492,21 @@ def train(
     )
 
 
+def warm_start(config: TrainConfig, features: str) -> tuple[NetConfig, torch.nn.Module]:
+    """The --init-from network; it must read the same features and be the same architecture."""
+    from app.inference.manifest import ModelManifest
+    from training.warm_start import load_member, parse_source
+
+    folder, member = parse_source(config.init_from or "")
+    source = ModelManifest.load(folder)
+    if source.features.spec != features or source.architecture.config.get("arch") != config.arch:
+        raise SystemExit(
+            f"ibrnet train --init-from: {folder} is {source.architecture.config.get('arch')} on "
+            f"{source.features.spec}; this run is {config.arch} on {features}"
+        )
+    return load_member(folder, member)
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest]:
     """The train parser's arguments (compare shares them; there ``arch`` is a list, set per run)."""
     config = TrainConfig(
@@ -503,6 +523,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         time_limit_min=args.time_limit_min,
         target_scaling=not getattr(args, "no_target_scaling", False),
         weight_average_decay=getattr(args, "weight_average_decay", None),
+        init_from=getattr(args, "init_from", None),
     )
     request = DataRequest(
         data=args.data,

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from app.errors import DomainError
 from app.inference.predictor import ItemError, PredictionResult, Result
-from app.inference.registry import LoadedModel
+from app.stability.assess import E_ABOVE_HULL, StabilityPrediction
 
 Format = Literal["json", "csv", "ndjson"]
 _F = TypeVar("_F", bound=str)
@@ -79,28 +79,28 @@ async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[by
         yield b"".join(dumps(result) + b"\n" for result in chunk)
 
 
-def csv_header(models: Sequence[LoadedModel]) -> list[str]:
+# Every property's columns; a stability answer adds its own after them.
+_PROPERTY_COLUMNS = ("", "_uncertainty", "_unit", "_model", "_version", "_cached")
+_STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference")
+
+
+def csv_header(properties: Sequence[str]) -> list[str]:
     header = ["formula", "composition"]
-    for model in models:
-        name = model.property
-        header += [
-            name,
-            f"{name}_uncertainty",
-            f"{name}_unit",
-            f"{name}_model",
-            f"{name}_version",
-            f"{name}_cached",
-        ]
+    for name in properties:
+        header += [f"{name}{suffix}" for suffix in _PROPERTY_COLUMNS]
+        if name == E_ABOVE_HULL:
+            header += _STABILITY_COLUMNS
     return [*header, "error_code", "error_message"]
 
 
-def csv_row(result: Result, models: Sequence[LoadedModel]) -> list[Any]:
+def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
     if isinstance(result, ItemError):
-        return [result.formula, "", *([""] * 6 * len(models)), result.error.code, result.error.message]
+        width = len(csv_header(properties)) - 4
+        return [result.formula, "", *([""] * width), result.error.code, result.error.message]
     assert isinstance(result, PredictionResult)
     row: list[Any] = [result.formula, result.composition]
-    for model in models:
-        p = result.predictions[model.property]
+    for name in properties:
+        p = result.predictions[name]
         row += [
             "" if p.value is None else repr(p.value),
             "" if p.uncertainty is None else repr(p.uncertainty),
@@ -109,17 +109,22 @@ def csv_row(result: Result, models: Sequence[LoadedModel]) -> list[Any]:
             p.version,
             "true" if p.cached else "false",
         ]
+        if isinstance(p, StabilityPrediction):
+            row += [
+                "" if p.p_stable is None else repr(p.p_stable),
+                " + ".join(f"{share:.4g} {phase}" for phase, share in (p.decomposition or {}).items()),
+                "true" if p.known else "false",
+                f"{p.reference['name']} {p.reference['sha256']}",
+            ]
     return [*row, "", ""]
 
 
-async def stream_csv(
-    chunks: AsyncIterator[list[Result]], models: Sequence[LoadedModel]
-) -> AsyncIterator[bytes]:
+async def stream_csv(chunks: AsyncIterator[list[Result]], properties: Sequence[str]) -> AsyncIterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(csv_header(models))
+    writer.writerow(csv_header(properties))
     async for chunk in chunks:
-        writer.writerows(csv_row(result, models) for result in chunk)
+        writer.writerows(csv_row(result, properties) for result in chunk)
         yield buffer.getvalue().encode()
         buffer.seek(0)
         buffer.truncate()

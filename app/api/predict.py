@@ -89,11 +89,11 @@ async def predict_batch(request: Request) -> Response:
             limit=settings.max_batch_items,
             count=len(body.formulas),
         )
-    models = predictor.resolve(body.properties)  # unknown properties fail here, before any output
-    chunks = predictor.predict_chunks(body.formulas, models)
+    plan = predictor.plan(body.properties)  # unknown properties fail here, before any output
+    chunks = predictor.predict_chunks(body.formulas, plan)
     response_format = negotiate(request.headers.get("accept"))
     if response_format == "csv":
-        return StreamingResponse(stream_csv(chunks, models), media_type=MEDIA_TYPES["csv"])
+        return StreamingResponse(stream_csv(chunks, plan.outputs), media_type=MEDIA_TYPES["csv"])
     if response_format == "ndjson":
         return StreamingResponse(stream_ndjson(chunks), media_type=MEDIA_TYPES["ndjson"])
     results: list[Result] = []

@@ -18,10 +18,10 @@ from app.inference.predictor import (
     PredictionResult,
     Predictor,
     PropertyPrediction,
-    allowed_elements,
 )
 from app.inference.registry import ModelRegistry
 from app.settings import get_settings
+from app.stability.service import load_stability
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,48 +36,54 @@ def run(args: argparse.Namespace) -> int:
     )
     for folder, reason in registry.failures.items():
         print(f"ibrnet: skipped model {folder}: {reason}", file=sys.stderr)
-    predictor = Predictor(registry, max_formula_length=settings.max_formula_length)
+    predictor = Predictor(
+        registry, max_formula_length=settings.max_formula_length, stability=load_stability(settings, registry)
+    )
     try:
-        models = predictor.resolve(args.properties or None)
+        outputs = list(predictor.plan(args.properties or None).outputs)
     except DomainError as error:
         print(f"ibrnet: {error.code}: {error.message}", file=sys.stderr)
         return 2
 
-    results = predict(predictor, args.formulas, [model.property for model in models])
+    results = predict(predictor, args.formulas, outputs)
     if args.json:
         print(json.dumps({"results": [result.to_dict() for result in results]}, indent=2, ensure_ascii=False))
     else:
-        print(render_table(results, [model.property for model in models]))
+        print(render_table(results, outputs))
     return 1 if any(isinstance(result, ItemError) for result in results) else 0
 
 
 def predict(
-    predictor: Predictor, formulas: list[str], properties: list[str]
+    predictor: Predictor, formulas: list[str], properties: list[str] | None
 ) -> list[PredictionResult | ItemError]:
-    models = predictor.resolve(properties)
-    allowed = allowed_elements(models)
-    parsed = [predictor.parse(text, allowed) for text in formulas]
+    """The service's answers for ``formulas``, computed in this process (no cache, no batcher)."""
+    plan = predictor.plan(properties)
+    parsed = [predictor.parse(text, plan.allowed) for text in formulas]
     good = [item for item in parsed if not isinstance(item, DomainError)]
-    outputs = predictor.predict_parsed(good, properties)
-    results: list[PredictionResult | ItemError] = []
-    row = 0
-    for text, item in zip(formulas, parsed, strict=True):
-        if isinstance(item, DomainError):
-            results.append(ItemError(text, item))
-            continue
-        predictions = {}
-        for model in models:
+    outputs = predictor.predict_parsed(good, [model.property for model in plan.models])
+    answers = []
+    for row in range(len(good)):
+        answers.append({})
+        for model in plan.models:
             value, uncertainty = (float(v) for v in outputs[model.property][row])
-            predictions[model.property] = PropertyPrediction(
-                value,
+            answers[-1][model.property] = PropertyPrediction(
+                None if math.isnan(value) else value,
                 model.unit,
                 model.name,
                 model.version,
                 None if math.isnan(uncertainty) else uncertainty,
                 False,
             )
-        results.append(PredictionResult(text, item.canonical_key, predictions))
-        row += 1
+    derived = predictor.derive_sync(plan, good, answers)
+    shaped = iter(
+        predictor.shape(plan, answer, extra) for answer, extra in zip(answers, derived, strict=True)
+    )
+    results: list[PredictionResult | ItemError] = []
+    for text, item in zip(formulas, parsed, strict=True):
+        if isinstance(item, DomainError):
+            results.append(ItemError(text, item))
+        else:
+            results.append(PredictionResult(text, item.canonical_key, next(shaped)))
     return results
 
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -26,10 +27,19 @@ from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.inference.results import ItemError, PredictionResult, PropertyPrediction, Result
+from app.stability.assess import E_ABOVE_HULL, SOURCE_PROPERTY, StabilityAssessor
 from app.store.predictions import PredictionStore
 from app.store.writer import CacheWriter
 
-__all__ = ["ItemError", "PredictionResult", "Predictor", "PropertyPrediction", "Result", "allowed_elements"]
+__all__ = [
+    "ItemError",
+    "Plan",
+    "PredictionResult",
+    "Predictor",
+    "PropertyPrediction",
+    "Result",
+    "allowed_elements",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,24 @@ class InferenceFailed(DomainError):
     status_code = 503
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a request computes: the models to run and the properties it answers, in order.
+
+    ``e_above_hull`` is derived from the Materials Project formation-energy model, which runs
+    whenever stability is asked for, and is answered only when asked for itself (``outputs``).
+    """
+
+    models: tuple[LoadedModel, ...]
+    allowed: frozenset[str]
+    outputs: tuple[str, ...]  # answered properties, derived ones included
+    stability: bool  # e_above_hull is among the outputs
+
+    @property
+    def answered_models(self) -> list[LoadedModel]:
+        return [model for model in self.models if model.property in self.outputs]
+
+
 class Predictor:
     def __init__(
         self,
@@ -62,10 +90,13 @@ class Predictor:
         *,
         cache: PredictionCache | None = None,
         max_formula_length: int = MAX_FORMULA_LENGTH,
+        stability: StabilityAssessor | None = None,
     ) -> None:
         """Without a store (CLI, screening workers) nothing is cached; without batchers only the
         synchronous ``predict_parsed`` path is available. The batchers do the cache lookups:
-        give them and the predictor the same ``cache`` (see ``Services.start``)."""
+        give them and the predictor the same ``cache`` (see ``Services.start``). With
+        ``stability`` (a hull reference), ``e_above_hull`` is answered from the
+        formation_energy_mp model's predictions."""
         self.registry = registry
         self.metrics = metrics or ServiceMetrics()
         if cache is None and store is not None:
@@ -73,6 +104,7 @@ class Predictor:
         self.cache = cache
         self.batchers = dict(batchers or {})
         self.max_formula_length = max_formula_length
+        self.stability = stability
         self._parse = lru_cache(maxsize=PARSE_MEMO_SIZE)(self._parse_uncached)
         self._plans = lru_cache(maxsize=256)(self._plan_uncached)
         # Metric children resolved once (.labels() takes a lock and a dict lookup on every call).
@@ -86,38 +118,101 @@ class Predictor:
     # -- which models ------------------------------------------------------------------------
 
     def resolve(self, properties: Sequence[str] | None) -> list[LoadedModel]:
-        """Models for ``properties`` (all when None); raises unknown_property before any work."""
-        return list(self._plan(properties)[0])
+        """Models to run for ``properties`` (all when None); raises unknown_property before any work."""
+        return list(self.plan(properties).models)
 
-    def _plan(self, properties: Sequence[str] | None) -> tuple[tuple[LoadedModel, ...], frozenset[str]]:
+    def plan(self, properties: Sequence[str] | None) -> Plan:
+        """The models to run and the properties to answer; unknown properties raise here."""
         return self._plans(None if properties is None else tuple(properties))
 
-    def _plan_uncached(
-        self, properties: tuple[str, ...] | None
-    ) -> tuple[tuple[LoadedModel, ...], frozenset[str]]:
-        models = tuple(self.registry.resolve(properties))
+    def served_properties(self) -> list[str]:
+        """Every property this predictor answers, derived ones included (what ``None`` means)."""
+        return list(self.plan(None).outputs)
+
+    def _plan_uncached(self, properties: tuple[str, ...] | None) -> Plan:
+        derivable = self.stability is not None and SOURCE_PROPERTY in self.registry.by_property
+        wants_stability = derivable and (properties is None or E_ABOVE_HULL in properties)
+        if properties is not None and E_ABOVE_HULL in properties and not derivable:
+            has_source = SOURCE_PROPERTY in self.registry.by_property
+            lacking = "hull reference" if has_source else f"{SOURCE_PROPERTY} model"
+            raise DomainError(
+                "unknown_property",
+                f"property {E_ABOVE_HULL!r} needs the {SOURCE_PROPERTY} model and a hull reference; "
+                f"this service has no {lacking}",
+                property=E_ABOVE_HULL,
+                available=sorted(self.registry.by_property),
+            )
+        to_run = None if properties is None else [name for name in properties if name != E_ABOVE_HULL]
+        if wants_stability and to_run is not None and SOURCE_PROPERTY not in to_run:
+            to_run.append(SOURCE_PROPERTY)
+        models = tuple(self.registry.resolve(to_run))
         if not models:
             raise InferenceFailed("no_models", "no model is loaded; see GET /ready for the reasons")
-        return models, allowed_elements(models)
+        answered = [m.property for m in models if properties is None or m.property in properties]
+        outputs = (*answered, E_ABOVE_HULL) if wants_stability else tuple(answered)
+        if properties is not None:  # the caller's order
+            outputs = tuple(name for name in dict.fromkeys(properties) if name in outputs)
+        return Plan(models, allowed_elements(models), outputs, wants_stability)
 
     # -- the asynchronous service path -------------------------------------------------------
 
     async def predict_one(self, formula: str, properties: Sequence[str] | None) -> PredictionResult:
         """One formula; a bad one raises its DomainError (the HTTP layer makes it a 4xx)."""
-        models, allowed = self._plan(properties)
-        parsed = self._parse(formula, allowed)
+        plan = self.plan(properties)
+        parsed = self._parse(formula, plan.allowed)
         if isinstance(parsed, DomainError):
             self.metrics.formula_errors.labels(code=parsed.code).inc()
             raise parsed
-        remembered = self._remembered(models, parsed.canonical_key)
-        if remembered is not None:
-            return PredictionResult(formula, parsed.canonical_key, remembered)
-        answers = await self._answers(models, [parsed])
-        return PredictionResult(
-            formula,
-            parsed.canonical_key,
-            {model.property: answer[0] for model, answer in zip(models, answers, strict=True)},
+        answers = self._remembered(plan.models, parsed.canonical_key)
+        if answers is None:
+            computed = await self._answers(plan.models, [parsed])
+            answers = {model.property: answer[0] for model, answer in zip(plan.models, computed, strict=True)}
+        derived = await self._derive(plan, [parsed], [answers])
+        return PredictionResult(formula, parsed.canonical_key, self.shape(plan, answers, derived[0]))
+
+    async def _derive(
+        self,
+        plan: Plan,
+        formulas: Sequence[ParsedFormula],
+        answers: Sequence[Mapping[str, PropertyPrediction]],
+    ) -> list[Mapping[str, object]]:
+        """Derived properties per formula (``e_above_hull``), or empty mappings when none is asked.
+
+        Hulls already built are evaluated on the event loop (microseconds); a chemical system
+        seen for the first time is built in a thread, so it never stalls other requests.
+        """
+        if not plan.stability or not formulas:
+            return [{}] * len(formulas)
+        assert self.stability is not None
+        systems = list({frozenset(formula.amount_dict) for formula in formulas})
+        if self.stability.hull_ready(systems):
+            return self.derive_sync(plan, formulas, answers)
+        return await asyncio.to_thread(self.derive_sync, plan, formulas, answers)
+
+    def derive_sync(
+        self,
+        plan: Plan,
+        formulas: Sequence[ParsedFormula],
+        answers: Sequence[Mapping[str, PropertyPrediction]],
+    ) -> list[Mapping[str, object]]:
+        """``_derive`` on the caller's thread (the CLI, in-process predictions)."""
+        if not plan.stability or not formulas:
+            return [{}] * len(formulas)
+        assert self.stability is not None
+        assessed = self.stability.assess(
+            [formula.canonical_key for formula in formulas],
+            [formula.amount_dict for formula in formulas],
+            [answer[SOURCE_PROPERTY] for answer in answers],
         )
+        return [{E_ABOVE_HULL: answer} for answer in assessed]
+
+    @staticmethod
+    def shape(
+        plan: Plan, answers: Mapping[str, PropertyPrediction], derived: Mapping[str, object]
+    ) -> dict[str, PropertyPrediction]:
+        """The answered properties in the plan's order (a model run only for a derived one is left out)."""
+        merged = {**answers, **derived}
+        return {name: merged[name] for name in plan.outputs}  # type: ignore[misc]
 
     def _remembered(self, models: Sequence[LoadedModel], key: str) -> dict[str, PropertyPrediction] | None:
         """Every model's answer from process memory, or None if one is missing: a repeat costs
@@ -136,28 +231,26 @@ class Predictor:
 
     async def predict_many(self, formulas: Sequence[str], properties: Sequence[str] | None) -> list[Result]:
         results: list[Result] = []
-        async for chunk in self.predict_chunks(formulas, self.resolve(properties)):
+        async for chunk in self.predict_chunks(formulas, self.plan(properties)):
             results.extend(chunk)
         return results
 
-    async def predict_chunks(
-        self, formulas: Sequence[str], models: Sequence[LoadedModel]
-    ) -> AsyncIterator[list[Result]]:
+    async def predict_chunks(self, formulas: Sequence[str], plan: Plan) -> AsyncIterator[list[Result]]:
         """Results in input order, one list per chunk, as soon as each chunk is done."""
-        allowed = allowed_elements(models)
+        allowed = plan.allowed
         if len(formulas) <= CHUNK_SIZE:
             if len(formulas) <= INLINE_PARSE_LIMIT:
                 parsed = self._parse_all(formulas, allowed)
             else:
                 parsed = await asyncio.to_thread(self._parse_all, formulas, allowed)
-            yield await self._predict_parsed(formulas, parsed, models)
+            yield await self._predict_parsed(formulas, parsed, plan)
             return
         in_flight: deque[asyncio.Task[list[Result]]] = deque()
         try:
             for start in range(0, len(formulas), CHUNK_SIZE):
                 texts = formulas[start : start + CHUNK_SIZE]
                 parsed = await asyncio.to_thread(self._parse_all, texts, allowed)
-                in_flight.append(asyncio.create_task(self._predict_parsed(texts, parsed, models)))
+                in_flight.append(asyncio.create_task(self._predict_parsed(texts, parsed, plan)))
                 while len(in_flight) >= PIPELINE_DEPTH or (in_flight and in_flight[0].done()):
                     yield await in_flight.popleft()
             while in_flight:
@@ -173,26 +266,30 @@ class Predictor:
         self,
         texts: Sequence[str],
         parsed: Sequence[ParsedFormula | DomainError],
-        models: Sequence[LoadedModel],
+        plan: Plan,
     ) -> list[Result]:
         unique: dict[str, ParsedFormula] = {}
         for item in parsed:
             if isinstance(item, ParsedFormula):
                 unique.setdefault(item.canonical_key, item)
         distinct = list(unique.values())
-        answers = await self._answers(models, distinct)
-        by_key = [
-            (m.property, dict(zip(unique, answer, strict=True)))
-            for m, answer in zip(models, answers, strict=True)
+        computed = await self._answers(plan.models, distinct)
+        answers = [
+            {model.property: column[row] for model, column in zip(plan.models, computed, strict=True)}
+            for row in range(len(distinct))
         ]
+        derived = await self._derive(plan, distinct, answers)
+        shaped = {
+            key: self.shape(plan, answer, extra)
+            for key, answer, extra in zip(unique, answers, derived, strict=True)
+        }
 
         results: list[Result] = []
         for text, item in zip(texts, parsed, strict=True):
             if isinstance(item, DomainError):
                 results.append(ItemError(text, item))
                 continue
-            key = item.canonical_key
-            results.append(PredictionResult(text, key, {name: values[key] for name, values in by_key}))
+            results.append(PredictionResult(text, item.canonical_key, shaped[item.canonical_key]))
         return results
 
     async def _answers(

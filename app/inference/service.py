@@ -15,6 +15,7 @@ from app.inference.predictor import Predictor
 from app.inference.recent import RecentPredictions
 from app.inference.registry import ModelRegistry
 from app.settings import Settings
+from app.stability.service import load_stability
 from app.store.database import StoreUnavailable, create_schema, make_engine
 from app.store.predictions import PredictionStore
 from app.store.writer import CacheWriter
@@ -78,6 +79,8 @@ class Services:
         }
         for batcher in batchers.values():
             batcher.start()
+        # A bad hull reference stops the start-up here, with the row that is wrong.
+        stability = await asyncio.to_thread(load_stability, settings, registry)
         predictor = Predictor(
             registry,
             store,
@@ -86,6 +89,7 @@ class Services:
             metrics,
             cache=cache,
             max_formula_length=settings.max_formula_length,
+            stability=stability,
         )
         return cls(settings, registry, engine, store, writer, batchers, predictor)
 

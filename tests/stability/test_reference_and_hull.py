@@ -1,0 +1,122 @@
+"""The hull reference and hulls on their own: a hull known on paper, refused files, real DFT data."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.chemistry.formula import parse_formula
+from app.inference.results import PropertyPrediction
+from app.stability.assess import StabilityAssessor, p_stable
+from app.stability.hull import build_hull
+from app.stability.reference import HullReferenceError, load_reference
+
+
+def source(value: float, sigma: float | None = 0.1) -> PropertyPrediction:
+    return PropertyPrediction(value, "eV/atom", "mp", "v1", sigma, False)
+
+
+def test_a_two_element_hull_matches_the_one_drawn_on_paper(paper_reference):
+    reference = load_reference(paper_reference)
+    assessor = StabilityAssessor(reference)
+    parsed = [parse_formula(text) for text in ("Li2O2", "LiO2", "Li2O", "Li")]
+    # Li2O2 predicted at its reference energy (above the hull), LiO2 below the hull (-1.0 there on
+    # paper: Li2O -> O), Li2O on it, Li above its own 0.
+    predicted = [source(-1.4), source(-1.2), source(-2.0), source(0.05)]
+    answers = assessor.assess([p.canonical_key for p in parsed], [p.amount_dict for p in parsed], predicted)
+    above, below, on, element = answers
+    assert above.value == pytest.approx(0.1) and above.known is True
+    assert above.decomposition == pytest.approx({"Li2O": 0.75, "O2": 0.25})
+    assert below.value == pytest.approx(-0.2) and below.known is False
+    assert below.decomposition == pytest.approx({"Li2O": 0.5, "O2": 0.5})
+    assert below.p_stable == pytest.approx(p_stable(np.array([-0.2]), np.array([0.1]))[0])
+    assert below.p_stable > 0.97 and above.p_stable < 0.2
+    assert on.value == pytest.approx(0.0, abs=1e-12) and on.decomposition == pytest.approx({"Li2O": 1.0})
+    assert on.p_stable == pytest.approx(0.5) and on.known is True
+    assert element.value == pytest.approx(0.05) and element.decomposition == pytest.approx({"Li": 1.0})
+    assert all(
+        answer.reference == {"name": "li-o.csv", "sha256": reference.sha256[:12]} for answer in answers
+    )
+
+
+def test_the_hull_ignores_compounds_of_other_systems_and_can_leave_one_out(paper_reference):
+    reference = load_reference(paper_reference)
+    hull = build_hull(reference, frozenset({"Li", "O"}))
+    energy, _ = hull.energy(hull.fractions([{"Li": 1, "O": 1}]))
+    assert energy[0] == pytest.approx(-1.5)
+    without_li2o = build_hull(
+        reference, frozenset({"Li", "O"}), exclude=frozenset({reference.keys.index("Li2O")})
+    )
+    energy, _ = without_li2o.energy(without_li2o.fractions([{"Li": 2, "O": 1}]))
+    # Li2O removed: the hull at x_O = 1/3 runs Li -> Li2O2 (1/2, -1.4): -1.4 * (1/3) / (1/2)
+    assert energy[0] == pytest.approx(-1.4 * 2 / 3)
+
+
+def test_a_formula_outside_the_references_elements_gets_no_value_and_says_why(paper_reference):
+    assessor = StabilityAssessor(load_reference(paper_reference))
+    (answer,) = assessor.assess(["NaCl"], [{"Na": 1, "Cl": 1}], [source(-2.0)])
+    assert answer.value is None and answer.p_stable is None and answer.decomposition is None
+    assert answer.error["code"] == "outside_hull_reference" and answer.error["elements"] == ["Cl", "Na"]
+    (mixed,) = assessor.assess(["LiCl"], [{"Li": 1, "Cl": 1}], [source(-2.0)])
+    assert mixed.value is None and "Cl" in mixed.error["message"] and "Li" not in mixed.error["elements"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ("Li2O,-2.0\nLi2Xx,-1.0\n", "line 3 ('Li2Xx'): unknown_element"),
+        ("Li2O,-2.0\nLiO2,nan\n", "line 3 ('LiO2'): formation_energy 'nan' is not a finite number"),
+        ("Li2O,-2.0\nLiO2,\n", "line 3 ('LiO2'): formation_energy '' is not a number"),
+        ("Li2O,-2.0\nLi4O2,-1.9\n", "line 3 ('Li4O2'): the same composition (Li2O) as line 2"),
+        ("Li2O,-2.0\nLi,-0.5\n", "line 3 ('Li'): an element's formation energy must be 0"),
+        ("", "no rows"),
+    ],
+)
+def test_a_reference_with_a_bad_row_is_refused_naming_the_row(tmp_path, rows, expected):
+    path = tmp_path / "bad.csv"
+    path.write_text("formula,formation_energy\n" + rows)
+    with pytest.raises(HullReferenceError) as refused:
+        load_reference(path)
+    assert expected in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_reference_without_the_columns_is_refused(tmp_path):
+    path = tmp_path / "columns.csv"
+    path.write_text("formula,energy\nLi2O,-2\n")
+    with pytest.raises(HullReferenceError, match="no column formation_energy"):
+        load_reference(path)
+
+
+def test_a_gzipped_reference_reads_like_the_plain_one(tmp_path, paper_reference):
+    packed = tmp_path / "li-o.csv.gz"
+    packed.write_bytes(gzip.compress(paper_reference.read_bytes()))
+    plain, gz = load_reference(paper_reference), load_reference(packed)
+    assert plain.keys == gz.keys and np.array_equal(plain.energies, gz.energies)
+
+
+@pytest.mark.slow
+def test_hulls_of_the_shipped_reference_give_bartels_dft_decomposition_enthalpies():
+    """Each CritExam test compound's DFT energy minus the hull of all other compounds (our code, the
+    shipped reference) against the ΔHd that Bartel et al. published for it (CritExam__Ed)."""
+    from training.stability import ED_MEMBER, critexam, decomposition_enthalpies
+
+    reference = load_reference()
+    ed_test = critexam(ED_MEMBER)["test"]
+    sample = np.random.default_rng(0).choice(len(ed_test.keys), 60, replace=False)
+    positions = [reference.keys.index(ed_test.keys[i]) for i in sample]
+    ours = decomposition_enthalpies(reference, positions)
+    published = ed_test.energies[sample]
+    assert np.abs(ours - published).max() < 3e-3  # eV/atom: MP's own rounding of energies
+    assert (np.sign(ours) == np.sign(published)).mean() == 1.0
+    assert 0.2 < (published <= 0).mean() < 0.7  # the sample holds stable and unstable compounds
+
+
+def test_the_shipped_reference_matches_its_metadata():
+    reference = load_reference()
+    assert len(reference.keys) == 85_014 and reference.name == "mp-critexam-2020"
+    assert reference.metadata["licence"] and reference.metadata["citations"]
+    assert reference.energy_of("LiFePO4") is not None and reference.energy_of("Fe") is None
+    assert Path(str(reference.metadata["source"]).split(" ", 1)[0]).suffix == ".whl"

@@ -1,0 +1,236 @@
+"""``ibrnet evaluate-stability MODEL_DIR``: how well predicted formation energies tell stable from not.
+
+Two protocols on Bartel et al.'s CritExam split (85,014 Materials Project compounds), with the
+service's own hull code (app.stability):
+
+- **service**: what the service answers. The reference is the DFT formation energies of the train
+  and validation compounds; each test compound's predicted energy above that hull is compared
+  with its DFT energy above the same hull.
+- **bartel**: Bartel's protocol. Every compound of the chemical space is replaced by its
+  prediction; each test compound's decomposition enthalpy (its energy minus the hull of all other
+  compounds) is compared with the DFT value (CritExam__Ed). Our train and validation compounds
+  are predicted by a model that saw them (Bartel used 5-fold cross-validation instead), which is
+  said next to the figures.
+
+"Stable" is on or below the hull (<= 0). For each: formation-energy MAE, ΔHd MAE, accuracy,
+precision, recall, F1, and for ``p_stable`` the Brier score and a reliability table by decile.
+Deliberately torch-free, like ``ibrnet evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.inference.manifest import ONNX_FILE, ModelManifest
+from app.stability.assess import p_stable
+from app.stability.hull import HullCache, build_hull
+from app.stability.reference import HullReference, parse_rows
+from training import onnx_model
+from training.data import DataRequest, ensure_wheel, load_dataset
+
+EF_MEMBER = "crabnet/data/benchmark_data/CritExam__Ef/{split}.csv"
+ED_MEMBER = "crabnet/data/benchmark_data/CritExam__Ed/{split}.csv"
+SPLITS = ("train", "val", "test")
+# A compound within this of its hull (eV/atom) is on it: its decomposition enthalpy needs the
+# hull of the others.
+ON_HULL = 1e-9
+MIN_DECILE_COUNT = 200  # reliability is judged on deciles with at least this many compounds
+
+
+def critexam(member: str) -> dict[str, HullReference]:
+    """Each split of a CritExam file as a reference (formula, DFT energy), in file order."""
+    out = {}
+    with zipfile.ZipFile(ensure_wheel()) as wheel:
+        for split in SPLITS:
+            text = wheel.read(member.format(split=split)).decode("utf-8")
+            rows = csv.DictReader(io.StringIO(text.replace("formula,target", "formula,formation_energy", 1)))
+            keys, amounts, energies = parse_rows(rows, f"{member.format(split=split)}")
+            out[split] = HullReference(f"CritExam {split}", "", keys, amounts, np.asarray(energies))
+    return out
+
+
+def concatenate(
+    parts: Sequence[HullReference], name: str, energies: np.ndarray | None = None
+) -> HullReference:
+    keys = [key for part in parts for key in part.keys]
+    amounts = [amount for part in parts for amount in part.amounts]
+    values = np.concatenate([part.energies for part in parts]) if energies is None else energies
+    return HullReference(name, "", keys, amounts, np.asarray(values, dtype=np.float64))
+
+
+def model_predictions(model_dir: Path) -> dict[str, np.ndarray]:
+    """split -> [n, 2] (mean, sigma; sigma NaN for a point model) in CritExam file order."""
+    manifest = ModelManifest.load(model_dir)
+    dataset = load_dataset(DataRequest(data="critexam-ef", features=manifest.features.spec), splits=SPLITS)
+    session = onnx_model.session(model_dir / ONNX_FILE)
+    out = {}
+    for split in SPLITS:
+        rows = dataset.splits[split]
+        predicted = onnx_model.predict(session, rows.x).astype(np.float64)
+        if predicted.shape[1] == 1:
+            predicted = np.column_stack([predicted[:, 0], np.full(len(predicted), np.nan)])
+        out[split] = predicted
+    return out
+
+
+def hull_energies(reference: HullReference, targets: HullReference, progress: str = "") -> np.ndarray:
+    """Hull energy of ``reference`` at each composition of ``targets`` (one hull per system)."""
+    hulls = HullCache(reference, max_systems=1_000_000)
+    groups: dict[frozenset[str], list[int]] = {}
+    for row, amounts in enumerate(targets.amounts):
+        groups.setdefault(frozenset(amounts), []).append(row)
+    out = np.empty(len(targets.keys))
+    started = time.monotonic()
+    for done, (system, rows) in enumerate(groups.items(), start=1):
+        hull = hulls.get(system)
+        out[rows] = hull.energy(hull.fractions([targets.amounts[r] for r in rows]))[0]
+        if progress and done % 2000 == 0:
+            print(
+                f"{progress}: {done}/{len(groups)} systems, {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
+    return out
+
+
+def decomposition_enthalpies(
+    reference: HullReference, positions: Sequence[int], progress: str = ""
+) -> np.ndarray:
+    """Each compound's energy minus the hull of every *other* compound of the reference (ΔHd)."""
+    hulls = HullCache(reference, max_systems=1_000_000)
+    out = np.empty(len(positions))
+    started = time.monotonic()
+    for done, (row, position) in enumerate(enumerate(positions), start=1):
+        amounts = reference.amounts[position]
+        system = frozenset(amounts)
+        energy = float(reference.energies[position])
+        if len(system) == 1:  # an element: its own reference, 0 by definition
+            out[row] = energy
+            continue
+        hull = hulls.get(system)
+        fractions = hull.fractions([amounts])
+        above = energy - float(hull.energy(fractions)[0][0])
+        if above > ON_HULL:
+            out[row] = above  # above the hull: removing it changes nothing
+        else:
+            others = build_hull(reference, system, exclude=frozenset({position}))
+            out[row] = energy - float(others.energy(others.fractions([amounts]))[0][0])
+        if progress and done % 2000 == 0:
+            print(
+                f"{progress}: {done}/{len(positions)} compounds, {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
+    return out
+
+
+def classification(
+    true_above: np.ndarray, predicted_above: np.ndarray, probability: np.ndarray
+) -> dict[str, Any]:
+    stable, called = true_above <= 0, predicted_above <= 0
+    tp = int(np.sum(stable & called))
+    fp = int(np.sum(~stable & called))
+    fn = int(np.sum(stable & ~called))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    reliability = []
+    edges = np.linspace(0, 1, 11)
+    bins = np.clip(np.digitize(probability, edges[1:-1]), 0, 9)
+    for decile in range(10):
+        mask = bins == decile
+        if not mask.any():
+            continue
+        reliability.append(
+            {
+                "bin": f"{edges[decile]:.1f}-{edges[decile + 1]:.1f}",
+                "n": int(mask.sum()),
+                "mean_p_stable": float(probability[mask].mean()),
+                "observed_stable": float(stable[mask].mean()),
+            }
+        )
+    judged = [row for row in reliability if row["n"] >= MIN_DECILE_COUNT]
+    return {
+        "n": len(true_above),
+        "stable_share": float(stable.mean()),
+        "dhd_mae": float(np.mean(np.abs(predicted_above - true_above))),
+        "accuracy": float(np.mean(stable == called)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "brier": float(np.mean((probability - stable) ** 2)),
+        "reliability": reliability,
+        "worst_decile_gap": max(
+            (abs(r["mean_p_stable"] - r["observed_stable"]) for r in judged), default=None
+        ),
+    }
+
+
+def service_protocol(ef: dict[str, HullReference], predicted: dict[str, np.ndarray]) -> dict[str, Any]:
+    reference = concatenate([ef["train"], ef["val"]], "CritExam train+val")
+    test = ef["test"]
+    hull = hull_energies(reference, test, progress="service protocol")
+    true_above = test.energies - hull
+    mean, sigma = predicted["test"][:, 0], predicted["test"][:, 1]
+    predicted_above = mean - hull
+    return {
+        "protocol": "service",
+        "reference": "DFT formation energies of the CritExam train and val compounds",
+        "formation_energy_mae": float(np.mean(np.abs(mean - test.energies))),
+        **classification(true_above, predicted_above, p_stable(predicted_above, sigma)),
+    }
+
+
+def bartel_protocol(
+    ef: dict[str, HullReference], ed_test: np.ndarray, predicted: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    means = np.concatenate([predicted[split][:, 0] for split in SPLITS])
+    everything = concatenate([ef[split] for split in SPLITS], "CritExam, predicted", energies=means)
+    first_test = len(ef["train"].keys) + len(ef["val"].keys)
+    positions = range(first_test, first_test + len(ef["test"].keys))
+    predicted_dhd = decomposition_enthalpies(everything, positions, progress="Bartel protocol")
+    sigma = predicted["test"][:, 1]
+    return {
+        "protocol": "bartel",
+        "reference": "every CritExam compound replaced by its prediction (train and val predicted in-sample)",
+        "formation_energy_mae": float(np.mean(np.abs(predicted["test"][:, 0] - ef["test"].energies))),
+        **classification(ed_test, predicted_dhd, p_stable(predicted_dhd, sigma)),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model_dir)
+    ef = critexam(EF_MEMBER)
+    ed = critexam(ED_MEMBER)
+    if ed["test"].keys != ef["test"].keys:
+        raise SystemExit("CritExam__Ed and CritExam__Ef test files list different compounds")
+    predicted = model_predictions(model_dir)
+    manifest = ModelManifest.load(model_dir)
+    results = {"model": manifest.name, "version": manifest.version, "protocols": []}
+    if args.protocol in ("service", "both"):
+        results["protocols"].append(service_protocol(ef, predicted))
+    if args.protocol in ("bartel", "both"):
+        results["protocols"].append(bartel_protocol(ef, ed["test"].energies, predicted))
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for figures in results["protocols"]:
+        print(
+            f"{figures['protocol']} protocol ({figures['reference']}), n {figures['n']}, "
+            f"stable {100 * figures['stable_share']:.1f}%: formation-energy MAE "
+            f"{figures['formation_energy_mae']:.4f}, ΔHd MAE {figures['dhd_mae']:.4f} eV/atom, accuracy "
+            f"{figures['accuracy']:.3f}, precision {figures['precision']:.3f}, "
+            f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f}, Brier {figures['brier']:.4f}"
+        )
+        for row in figures["reliability"]:
+            print(f"  p_stable {row['bin']}: n {row['n']:>6}, mean p {row['mean_p_stable']:.3f}, "
+                  f"observed {row['observed_stable']:.3f}")  # fmt: skip
+    return 0
