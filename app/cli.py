@@ -19,6 +19,7 @@ HANDLERS: dict[str, str] = {
     "train": "training.train:run",
     "export": "training.export:run",
     "evaluate": "training.evaluate:run",
+    "evaluate-stability": "training.stability:run",
     "compare": "training.compare:run",
     "select-members": "training.select_members:run",
 }
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter", action="append", metavar="PROP:MIN:MAX[:MAXUNC]", help='e.g. "formation_enthalpy::0"'
     )
     screen.add_argument("--max-uncertainty", type=float, help="drop rows less certain than this")
+    screen.add_argument(
+        "--hull",
+        metavar="JSON",
+        help="after a --chemsys screen with e_above_hull: write the predicted hull (known compounds "
+        "plus the compositions predicted below the known hull) to this file",
+    )
     screen.add_argument("--threads", type=int, help="ORT threads per model session (per Dask worker)")
     screen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -107,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--min-size", type=int, default=2, help="smallest subset to score (default 2)")
     select.add_argument("--top", type=int, default=15, help="rows of the table (default 15)")
     select.add_argument("--json", action="store_true", help="every subset as JSON")
+
+    stability = commands.add_parser(
+        "evaluate-stability",
+        help="score a formation_energy_mp model on stability (CritExam test split, two protocols)",
+    )
+    stability.add_argument("model_dir", metavar="MODEL_DIR")
+    stability.add_argument("--protocol", choices=["service", "bartel", "both"], default="both")
+    stability.add_argument(
+        "--exclude",
+        metavar="DATASET",
+        action="append",
+        default=[],
+        help="also score the test compounds absent from this packaged dataset (every split), e.g. "
+        "oqmd-formation-enthalpy for a model that started from the OQMD network",
+    )
+    stability.add_argument("--json", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="score a model directory on a dataset split")
     evaluate.add_argument("model_dir", metavar="MODEL_DIR")

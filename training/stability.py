@@ -174,36 +174,52 @@ def classification(
     }
 
 
-def service_protocol(ef: dict[str, HullReference], predicted: dict[str, np.ndarray]) -> dict[str, Any]:
+def service_protocol(ef: dict[str, HullReference], predicted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per test compound: DFT and predicted energy above the train+val DFT hull, and p_stable."""
     reference = concatenate([ef["train"], ef["val"]], "CritExam train+val")
     test = ef["test"]
     hull = hull_energies(reference, test, progress="service protocol")
-    true_above = test.energies - hull
     mean, sigma = predicted["test"][:, 0], predicted["test"][:, 1]
-    predicted_above = mean - hull
-    return {
-        "protocol": "service",
-        "reference": "DFT formation energies of the CritExam train and val compounds",
-        "formation_energy_mae": float(np.mean(np.abs(mean - test.energies))),
-        **classification(true_above, predicted_above, p_stable(predicted_above, sigma)),
-    }
+    return {"true": test.energies - hull, "predicted": mean - hull, "p_stable": p_stable(mean - hull, sigma)}
 
 
 def bartel_protocol(
     ef: dict[str, HullReference], ed_test: np.ndarray, predicted: dict[str, np.ndarray]
-) -> dict[str, Any]:
+) -> dict[str, np.ndarray]:
+    """Per test compound: DFT ΔHd (CritExam__Ed) and ΔHd from every compound's prediction."""
     means = np.concatenate([predicted[split][:, 0] for split in SPLITS])
     everything = concatenate([ef[split] for split in SPLITS], "CritExam, predicted", energies=means)
     first_test = len(ef["train"].keys) + len(ef["val"].keys)
     positions = range(first_test, first_test + len(ef["test"].keys))
     predicted_dhd = decomposition_enthalpies(everything, positions, progress="Bartel protocol")
-    sigma = predicted["test"][:, 1]
     return {
-        "protocol": "bartel",
-        "reference": "every CritExam compound replaced by its prediction (train and val predicted in-sample)",
-        "formation_energy_mae": float(np.mean(np.abs(predicted["test"][:, 0] - ef["test"].energies))),
-        **classification(ed_test, predicted_dhd, p_stable(predicted_dhd, sigma)),
+        "true": ed_test,
+        "predicted": predicted_dhd,
+        "p_stable": p_stable(predicted_dhd, predicted["test"][:, 1]),
     }
+
+
+PROTOCOLS = {
+    "service": "reference: DFT formation energies of the CritExam train and val compounds",
+    "bartel": "every CritExam compound replaced by its prediction (train and val predicted in-sample)",
+}
+
+
+def unseen_mask(keys: Sequence[str], datasets: Sequence[str]) -> np.ndarray:
+    """True for compositions in no split of any of ``datasets`` (a transfer source's data)."""
+    from app.chemistry.formula import parse_formula
+    from training.data import _read_sources
+
+    seen: set[str] = set()
+    for name in datasets:
+        _, splits, _ = _read_sources(DataRequest(data=name))
+        for raw, rows in splits.values():
+            for formula in (raw.formulas[row] for row in rows.tolist()):
+                try:
+                    seen.add(parse_formula(formula, max_length=10_000).canonical_key)
+                except Exception:  # a row the dataset's own loader would refuse: not seen
+                    continue
+    return np.array([key not in seen for key in keys])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,17 +230,38 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("CritExam__Ed and CritExam__Ef test files list different compounds")
     predicted = model_predictions(model_dir)
     manifest = ModelManifest.load(model_dir)
-    results = {"model": manifest.name, "version": manifest.version, "protocols": []}
+    subsets = {"all test compounds": np.ones(len(ef["test"].keys), dtype=bool)}
+    if args.exclude:
+        subsets[f"test compounds in no split of {', '.join(args.exclude)}"] = unseen_mask(
+            ef["test"].keys, args.exclude
+        )
+    per_compound = {}
     if args.protocol in ("service", "both"):
-        results["protocols"].append(service_protocol(ef, predicted))
+        per_compound["service"] = service_protocol(ef, predicted)
     if args.protocol in ("bartel", "both"):
-        results["protocols"].append(bartel_protocol(ef, ed["test"].energies, predicted))
+        per_compound["bartel"] = bartel_protocol(ef, ed["test"].energies, predicted)
+    results: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "figures": []}
+    ef_error = np.abs(predicted["test"][:, 0] - ef["test"].energies)
+    for subset, mask in subsets.items():
+        for protocol, arrays in per_compound.items():
+            results["figures"].append(
+                {
+                    "protocol": protocol,
+                    "reference": PROTOCOLS[protocol],
+                    "subset": subset,
+                    "formation_energy_mae": float(ef_error[mask].mean()),
+                    **classification(
+                        arrays["true"][mask], arrays["predicted"][mask], arrays["p_stable"][mask]
+                    ),
+                }
+            )
     if args.json:
         print(json.dumps(results))
         return 0
-    for figures in results["protocols"]:
+    for figures in results["figures"]:
         print(
-            f"{figures['protocol']} protocol ({figures['reference']}), n {figures['n']}, "
+            f"{figures['protocol']} protocol, {figures['subset']} ({figures['reference']}), "
+            f"n {figures['n']}, "
             f"stable {100 * figures['stable_share']:.1f}%: formation-energy MAE "
             f"{figures['formation_energy_mae']:.4f}, ΔHd MAE {figures['dhd_mae']:.4f} eV/atom, accuracy "
             f"{figures['accuracy']:.3f}, precision {figures['precision']:.3f}, "

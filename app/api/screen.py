@@ -27,11 +27,14 @@ from starlette.responses import Response, StreamingResponse
 from app.api.formats import json_response, preferred
 from app.errors import DomainError, NotFoundError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
+from app.screening.enumerate import parse_chemsys
 from app.screening.io import MEDIA_TYPES, format_of, read_formulas, rows_table, table_bytes
 from app.screening.runner import ScreeningRunner
 from app.screening.spec import ScreenRequest
 from app.screening.submit import prepare_screen
 from app.settings import Settings
+from app.stability.assess import DERIVED_COLUMNS, E_ABOVE_HULL, SOURCE_PROPERTY
+from app.stability.predicted_hull import Candidate, predicted_hull
 from app.store.database import StoreUnavailable
 from app.store.jobs import FINISHED, Job, JobStore, ResultRow
 
@@ -88,7 +91,9 @@ class JobFinished(DomainError):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Called by app.main's lifespan: the job runner lives as long as the service."""
     settings: Settings = app.state.settings
-    runner = ScreeningRunner.from_settings(settings, JobStore(app.state.store.engine))
+    runner = ScreeningRunner.from_settings(
+        settings, JobStore(app.state.store.engine), stability=app.state.predictor.stability
+    )
     runner.start()
     app.state.screening = runner
     try:
@@ -116,6 +121,7 @@ async def submit(request: Request) -> Response:
         max_compositions=settings.screen_max_compositions,
         max_formula_length=settings.max_formula_length,
         formulas=formulas,
+        stability=request.app.state.predictor.stability,
     )
     job = await _store(
         runner.jobs.create,
@@ -214,6 +220,45 @@ async def results(
     return Response(body, media_type=MEDIA_TYPES["parquet"], headers=headers)
 
 
+@router.get(
+    "/screen/{job_id}/hull",
+    responses={**_NO_JOB, 409: {"model": ErrorResponse, "description": "The job has not succeeded"}},
+)
+async def hull(job_id: str, request: Request) -> Response:
+    """The predicted hull of a finished chemical-system screen with `e_above_hull`: the reference's
+    known compounds plus every screened composition predicted below the known hull."""
+    job = await _job(request, job_id)
+    stability = request.app.state.predictor.stability
+    if job.request.get("chemsys") is None:
+        raise DomainError(
+            "not_a_chemsys_screen", f"job {job_id} screened a formula list, not a chemical system"
+        )
+    if E_ABOVE_HULL not in job.models or stability is None:
+        raise DomainError("no_stability", f"job {job_id} has no e_above_hull to build a hull from")
+    if stability.reference.describe() != job.models[E_ABOVE_HULL]["reference"]:
+        raise JobFinished("reference_changed", "the hull reference changed since the job ran; screen again")
+    if job.status != "succeeded":
+        raise JobFinished("job_not_succeeded", f"job {job_id} is {job.status}", id=job_id, status=job.status)
+    jobs = _jobs(request)
+
+    def build() -> dict[str, Any]:
+        candidates = [
+            Candidate(
+                row.composition,
+                row.payload["p"][SOURCE_PROPERTY][0],
+                row.payload["p"][E_ABOVE_HULL][0],
+                row.payload["p"]["p_stable"][0],
+            )
+            for batch in jobs.iter_results(job)
+            for row in batch
+            if "p" in row.payload and (row.payload["p"][E_ABOVE_HULL][0] or 0.0) < 0
+        ]
+        elements = parse_chemsys(job.request["chemsys"])
+        return {"id": job.id, **predicted_hull(stability.reference, elements, candidates)}
+
+    return json_response(await _store(build))
+
+
 # -- views ----------------------------------------------------------------------------------------
 
 
@@ -237,6 +282,7 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
     """A stored row as /predict shapes its answer (plus ``index``, the row's input position)."""
     if "error" in row.payload:
         return {"index": row.row_index, "formula": row.formula, "error": row.payload["error"]}
+    stored = row.payload["p"]
     predictions = {
         name: {
             "value": value,
@@ -246,8 +292,16 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
             "uncertainty": uncertainty,
             "cached": False,  # screening computes every row; it does not read the cache
         }
-        for name, (value, uncertainty) in row.payload["p"].items()
+        for name, (value, uncertainty) in stored.items()
+        if name not in DERIVED_COLUMNS
     }
+    if E_ABOVE_HULL in predictions:  # its companion columns are fields of its answer, as in /predict
+        known = stored["known"][0]
+        predictions[E_ABOVE_HULL].update(
+            p_stable=stored["p_stable"][0],
+            known=None if known is None else known == 1.0,
+            reference=models[E_ABOVE_HULL]["reference"],
+        )
     return {
         "index": row.row_index,
         "formula": row.formula,

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from app.errors import DomainError
 from app.inference.registry import ModelRegistry
 from app.screening.dask_runner import ModelSpec, run_screen, seed_models
+from app.screening.enumerate import parse_chemsys
 from app.screening.io import format_of
 from app.screening.sources import FileSource
 from app.screening.spec import PropertyFilter, ScreenRequest
 from app.screening.submit import prepare_screen
 from app.settings import available_cpus, get_settings
+from app.stability.assess import E_ABOVE_HULL, SOURCE_PROPERTY, StabilityAssessor
+from app.stability.predicted_hull import Candidate, predicted_hull
+from app.stability.service import load_stability
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for folder, reason in registry.failures.items():
         print(f"ibrnet screen: skipped model {folder}: {reason}", file=sys.stderr)
+    stability = load_stability(settings, registry)
+    if args.hull and (args.chemsys is None or stability is None):
+        return _fail("--hull needs --chemsys and a formation_energy_mp model (e_above_hull)")
     try:
         source = FileSource(Path(args.input), args.formula_column) if args.input else None
         prepared = prepare_screen(
@@ -61,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             max_compositions=sys.maxsize,
             max_formula_length=settings.max_formula_length,
             source=source,
+            stability=stability,
         )
     except DomainError as error:
         return _fail(f"{error.code}: {error.message}")
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         intra_op_threads=threads,
         prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
         max_formula_length=settings.max_formula_length,
+        **({"hull_reference": str(settings.hull_reference)} if settings.hull_reference else {}),
     )
     if args.dask is None:
         seed_models(spec, prepared.models)
@@ -94,7 +105,32 @@ def run(args: argparse.Namespace) -> int:
         f"({summary.rate:,.0f}/s); wrote {summary.rows_out:,} rows to {args.out}",
         file=sys.stderr,
     )
+    if args.hull:
+        assert stability is not None and args.chemsys  # checked before the screen ran
+        write_predicted_hull(Path(args.out), Path(args.hull), stability, parse_chemsys(args.chemsys))
     return 0
+
+
+def write_predicted_hull(
+    results: Path, destination: Path, stability: StabilityAssessor, elements: tuple[str, ...]
+) -> None:
+    """The predicted hull of a finished --chemsys screen, from its results file."""
+    frame = pd.read_parquet(results) if results.suffix == ".parquet" else pd.read_csv(results)
+    below = frame[frame[E_ABOVE_HULL] < 0]
+    candidates = [
+        Candidate(
+            str(row.composition),
+            float(getattr(row, SOURCE_PROPERTY)),
+            float(row.e_above_hull),
+            float(row.p_stable),
+        )
+        for row in below.itertuples(index=False)
+    ]
+    hull = predicted_hull(stability.reference, elements, candidates)
+    destination.write_text(json.dumps(hull, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"predicted hull of {hull['chemsys']}: {len(hull['phases'])} phases -> {destination}", file=sys.stderr
+    )
 
 
 def parse_filters(texts: list[str]) -> dict[str, PropertyFilter]:

@@ -19,6 +19,7 @@ from app.errors import DomainError
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.screening.spec import PropertyFilter, ScreenRequest
 from app.screening.stoichiometry import StoichiometryEncoder
+from app.stability.assess import DERIVED_COLUMNS, E_ABOVE_HULL, SOURCE_PROPERTY, UNIT, StabilityAssessor
 
 
 @dataclass
@@ -50,13 +51,28 @@ class ChunkResult:
 
 
 class ScreenModels:
-    """The models a screen asks for, and how to run them on a chunk."""
+    """The models a screen asks for, and how to run them on a chunk.
 
-    def __init__(self, models: Sequence[LoadedModel], max_formula_length: int = MAX_FORMULA_LENGTH) -> None:
+    With a stability assessor, ``e_above_hull`` and its companion columns ``p_stable`` and
+    ``known`` are computed from the formation_energy_mp model, which then runs too.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        max_formula_length: int = MAX_FORMULA_LENGTH,
+        stability: StabilityAssessor | None = None,
+    ) -> None:
         if not models:
             raise DomainError("no_models", "no model is loaded, so there is nothing to screen with")
         self.models = list(models)
+        self.stability = stability
+        self.source = next((m for m in self.models if m.property == SOURCE_PROPERTY), None)
+        if stability is not None and self.source is None:
+            raise ValueError(f"stability needs the {SOURCE_PROPERTY} model among the models")
         self.properties = [model.property for model in self.models]
+        if stability is not None:
+            self.properties += [E_ABOVE_HULL, *DERIVED_COLUMNS]
         self.max_formula_length = max_formula_length
         # A row must be featurizable by every requested model.
         self.elements: frozenset[str] = frozenset.intersection(*(model.elements for model in self.models))
@@ -67,12 +83,29 @@ class ScreenModels:
         registry: ModelRegistry,
         properties: Sequence[str] | None,
         max_formula_length: int = MAX_FORMULA_LENGTH,
+        stability: StabilityAssessor | None = None,
     ) -> ScreenModels:
-        return cls(registry.resolve(properties), max_formula_length)
+        derived = {E_ABOVE_HULL, *DERIVED_COLUMNS}
+        derivable = stability is not None and SOURCE_PROPERTY in registry.by_property
+        asked = properties is None or any(name in derived for name in properties)
+        if properties is not None and not derivable:
+            for name in properties:
+                if name in derived:
+                    raise DomainError(
+                        "unknown_property",
+                        f"property {name!r} needs the {SOURCE_PROPERTY} model and a hull reference, "
+                        "which this service does not have",
+                        property=name,
+                        available=sorted(registry.by_property),
+                    )
+        to_run = None if properties is None else [name for name in properties if name not in derived]
+        if derivable and asked and to_run is not None and SOURCE_PROPERTY not in to_run:
+            to_run.append(SOURCE_PROPERTY)
+        return cls(registry.resolve(to_run), max_formula_length, stability if derivable and asked else None)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """What a job records about each model, so its results name the model that made them."""
-        return {
+        described = {
             model.property: {
                 "model": model.name,
                 "version": model.version,
@@ -81,9 +114,16 @@ class ScreenModels:
             }
             for model in self.models
         }
+        if self.stability is not None and self.source is not None:
+            source = described[self.source.property]
+            reference = self.stability.reference.describe()
+            described[E_ABOVE_HULL] = {**source, "unit": UNIT, "reference": reference}
+            for column in DERIVED_COLUMNS:
+                described[column] = {**source, "unit": "", "uncertainty": False, "derived_from": E_ABOVE_HULL}
+        return described
 
     def predict_batch(self, batch: RaggedBatch) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(values, uncertainties) per property; each feature set is computed once for all models."""
+        """(values, uncertainties) per model property; each feature set is computed once for all models."""
         features: dict[str, np.ndarray] = {}
         values: dict[str, np.ndarray] = {}
         uncertainties: dict[str, np.ndarray] = {}
@@ -96,12 +136,36 @@ class ScreenModels:
             uncertainties[model.property] = output[:, 1]
         return values, uncertainties
 
+    def add_stability(
+        self,
+        values: dict[str, np.ndarray],
+        uncertainties: dict[str, np.ndarray],
+        keys: Sequence[str | None],
+        hull_energy: np.ndarray,
+    ) -> None:
+        """e_above_hull, p_stable and known from the source model's columns and the hull energies."""
+        assert self.stability is not None and self.source is not None
+        predicted = values[self.source.property]
+        sigma = uncertainties[self.source.property]
+        above, probability = self.stability.above_hull(predicted, sigma, hull_energy)
+        values[E_ABOVE_HULL], uncertainties[E_ABOVE_HULL] = above, np.where(np.isfinite(above), sigma, np.nan)
+        values["p_stable"], uncertainties["p_stable"] = probability, np.full(len(above), np.nan)
+        known = np.array(
+            [key is not None and self.stability.reference.energy_of(key) is not None for key in keys]
+        )
+        values["known"] = np.where(np.isfinite(above), known.astype(np.float64), np.nan)
+        uncertainties["known"] = np.full(len(above), np.nan)
+
     def predict_amounts(
         self, encoder: StoichiometryEncoder, amounts: np.ndarray, first_row: int
     ) -> ChunkResult:
         """An enumeration chunk: every row is valid by construction (elements checked up front)."""
         keys = encoder.keys(amounts)
         values, uncertainties = self.predict_batch(encoder.batch(amounts))
+        if self.stability is not None:
+            # Every row of an enumeration lies in its chemical system: one hull serves them all.
+            hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
+            self.add_stability(values, uncertainties, keys, hull_energy)
         return ChunkResult(
             row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),
             formulas=keys,
@@ -136,6 +200,10 @@ class ScreenModels:
         uncertainties = {name: np.full(len(formulas), np.nan) for name in self.properties}
         if parsed:
             got_values, got_uncertainties = self.predict_batch(RaggedBatch.from_formulas(parsed))
+            if self.stability is not None:
+                hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
+                keys = [formula.canonical_key for formula in parsed]
+                self.add_stability(got_values, got_uncertainties, keys, hull_energy)
             for name in self.properties:
                 values[name][valid] = got_values[name]
                 uncertainties[name][valid] = got_uncertainties[name]

@@ -26,6 +26,8 @@ from app.screening.io import ResultWriter, chunk_table, format_of, result_schema
 from app.screening.sources import EnumerationSource, FileSource, FormulaSource, Source
 from app.screening.spec import ScreenRequest
 from app.settings import available_cpus
+from app.stability.assess import StabilityAssessor
+from app.stability.reference import load_reference
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +47,14 @@ class ModelSpec:
     intra_op_threads: int | None = None  # None: the worker's CPUs shared by its task threads
     prefer_int8_on_cpu: bool = False
     max_formula_length: int = 256
+    # e_above_hull: the hull reference the workers load ("" = the shipped one), None = no stability
+    hull_reference: str | None = None
 
     @classmethod
     def of(cls, models: ScreenModels, models_dir: Path, **options: Any) -> ModelSpec:
         versions = tuple((model.property, model.version) for model in models.models)
+        if models.stability is not None and "hull_reference" not in options:
+            options["hull_reference"] = ""
         return cls(str(models_dir), tuple(models.properties), versions, **options)
 
 
@@ -84,7 +90,11 @@ def worker_models(spec: ModelSpec) -> ScreenModels:
                 prefer_int8_on_cpu=spec.prefer_int8_on_cpu,
                 warmup_rows=64,
             )
-            models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length)
+            stability = None
+            if spec.hull_reference is not None:
+                reference = load_reference(Path(spec.hull_reference) if spec.hull_reference else None)
+                stability = StabilityAssessor(reference)
+            models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length, stability)
             found = tuple((model.property, model.version) for model in models.models)
             if found != spec.versions:
                 raise RuntimeError(

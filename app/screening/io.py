@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from app.errors import DomainError
 from app.screening.compute import ChunkResult
+from app.stability.assess import DERIVED_COLUMNS
 
 Format = Literal["csv", "parquet"]
 FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -82,6 +83,10 @@ def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.
             values[name][i] = np.nan if prediction["value"] is None else prediction["value"]
             uncertainty = prediction.get("uncertainty")
             uncertainties[name][i] = np.nan if uncertainty is None else uncertainty
+            # e_above_hull's companion columns (p_stable, known) ride in its answer: unfold them.
+            for column in DERIVED_COLUMNS:
+                if column in values and prediction.get(column) is not None:
+                    values[column][i] = float(prediction[column])
     result = ChunkResult(
         row_index=np.array([row["index"] for row in rows], dtype=np.int64),
         formulas=[row["formula"] for row in rows],

@@ -27,6 +27,7 @@ from app.screening.compute import ChunkResult, ScreenModels, passes_filters, ran
 from app.screening.sources import source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
+from app.stability.assess import E_ABOVE_HULL, StabilityAssessor
 from app.store.database import StoreUnavailable
 from app.store.jobs import FAILED, SUCCEEDED, Job, JobStore, Ranking
 
@@ -50,8 +51,10 @@ class ScreeningRunner:
         pause_s: float = 0.0,
         max_formula_length: int = 256,
         nice: int = 10,
+        stability: StabilityAssessor | None = None,
     ) -> None:
         self.jobs = jobs
+        self.stability = stability
         self.chunk_size = chunk_size
         self.lease_s = lease_s
         self.pause_s = pause_s
@@ -67,7 +70,9 @@ class ScreeningRunner:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, jobs: JobStore) -> ScreeningRunner:
+    def from_settings(
+        cls, settings: Settings, jobs: JobStore, stability: StabilityAssessor | None = None
+    ) -> ScreeningRunner:
         threads = settings.screen_intra_op_threads or max(1, settings.intra_op_threads // 2)
 
         def load() -> ModelRegistry:
@@ -87,6 +92,7 @@ class ScreeningRunner:
             pause_s=settings.screen_chunk_pause_ms / 1000.0,
             max_formula_length=settings.max_formula_length,
             nice=settings.screen_nice,
+            stability=stability,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -180,7 +186,17 @@ class ScreeningRunner:
     def _models(self, job: Job) -> ScreenModels:
         if self._registry is None:
             self._registry = self._load_registry()
-        models = ScreenModels.from_registry(self._registry, list(job.models), self.max_formula_length)
+        models = ScreenModels.from_registry(
+            self._registry, list(job.models), self.max_formula_length, self.stability
+        )
+        if models.stability is not None:
+            expected_reference = job.models[E_ABOVE_HULL]["reference"]
+            if models.stability.reference.describe() != expected_reference:
+                raise DomainError(
+                    "reference_changed",
+                    f"the hull reference changed from {expected_reference} while the job was queued "
+                    "or running; submit the screen again",
+                )
         for model in models.models:
             expected = job.models[model.property]["version"]
             if model.version != expected:

@@ -11,6 +11,7 @@ from app.inference.registry import ModelRegistry
 from app.screening.compute import ScreenModels
 from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
+from app.stability.assess import StabilityAssessor
 
 
 @dataclass
@@ -40,10 +41,12 @@ def prepare_screen(
     max_formula_length: int,
     formulas: Sequence[str] | None = None,
     source: Source | None = None,
+    stability: StabilityAssessor | None = None,
 ) -> PreparedScreen:
     """Resolve and check everything; ``formulas`` (an upload) or ``source`` (a file the CLI streams)
     replace the request's own formula list."""
-    models = ScreenModels.from_registry(registry, request.required_properties(), max_formula_length)
+    wanted = request.required_properties()
+    models = ScreenModels.from_registry(registry, wanted, max_formula_length, stability)
     # Named properties are resolved above (required_properties adds sort_by and the filters);
     # with properties=None every served model is used, so only an unknown name is left to refuse.
     for name in [request.sort_by, *request.filters]:

@@ -24,6 +24,9 @@ E_ABOVE_HULL = "e_above_hull"
 # energies (Materials Project), which is why the OQMD formation enthalpy is not used.
 SOURCE_PROPERTY = "formation_energy_mp"
 UNIT = "eV/atom"
+# Columns a screen carries beside e_above_hull (sortable and filterable like properties):
+# the probability of being stable, and 1.0 where the composition is in the reference.
+DERIVED_COLUMNS = ("p_stable", "known")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +73,36 @@ class StabilityAssessor:
         """Whether every system's hull is already built (then assessing is cheap enough inline)."""
         return all(self.hulls.has(system) for system in systems)
 
-    def energies(
-        self, amounts: Sequence[Mapping[str, float]], predicted: np.ndarray, sigma: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(e_above_hull, p_stable, hull facet) per row; NaN where an element is outside the reference.
+    def hull_energies(self, amounts: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """The reference hull's energy at each composition (NaN where an element is outside it).
 
         Rows are grouped by chemical system, so each system's hull is evaluated once per call.
         """
+        return self._hull_energies_and_facets(amounts)[0]
+
+    def hull_energy_matrix(self, elements: Sequence[str], amounts: np.ndarray) -> np.ndarray:
+        """Hull energies of amount rows [n, len(elements)] of one chemical system (an enumeration)."""
+        system = frozenset(elements)
+        if not system <= self._elements:
+            return np.full(len(amounts), np.nan)
+        hull = self.hulls.get(system)
+        columns = [list(elements).index(element) for element in hull.elements]
+        counts = np.asarray(amounts, dtype=np.float64)[:, columns]
+        return hull.energy(counts / counts.sum(axis=1, keepdims=True))[0]
+
+    @staticmethod
+    def above_hull(
+        predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(e_above_hull, p_stable) from predicted energies, their sigma and the hull energies."""
+        above = np.asarray(predicted, dtype=np.float64) - hull_energy
+        return above, p_stable(above, np.asarray(sigma, dtype=np.float64))
+
+    def _hull_energies_and_facets(
+        self, amounts: Sequence[Mapping[str, float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         count = len(amounts)
-        above = np.full(count, np.nan)
+        energies = np.full(count, np.nan)
         facets = np.full(count, -1, dtype=np.int64)
         groups: dict[frozenset[str], list[int]] = {}
         for row, composition in enumerate(amounts):
@@ -87,11 +111,8 @@ class StabilityAssessor:
             if not system <= self._elements:
                 continue
             hull = self.hulls.get(system)
-            fractions = hull.fractions([amounts[row] for row in rows])
-            energy, facet = hull.energy(fractions)
-            above[rows] = np.asarray(predicted, dtype=np.float64)[rows] - energy
-            facets[rows] = facet
-        return above, p_stable(above, np.asarray(sigma, dtype=np.float64)), facets
+            energies[rows], facets[rows] = hull.energy(hull.fractions([amounts[row] for row in rows]))
+        return energies, facets
 
     def assess(
         self,
@@ -104,7 +125,8 @@ class StabilityAssessor:
         sigma = np.array(
             [np.nan if s.uncertainty is None else s.uncertainty for s in sources], dtype=np.float64
         )
-        above, probability, facets = self.energies(amounts, predicted, sigma)
+        hull_energy, facets = self._hull_energies_and_facets(amounts)
+        above, probability = self.above_hull(predicted, sigma, hull_energy)
         answers: list[StabilityPrediction] = []
         for row, (key, composition, source) in enumerate(zip(keys, amounts, sources, strict=True)):
             known = self.reference.energy_of(key) is not None

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -27,6 +28,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 SHIPPED_REFERENCE = DATA_DIR / "mp_critexam_formation_energy.csv.gz"
 SHIPPED_METADATA = DATA_DIR / "mp_critexam_formation_energy.json"
 REQUIRED_COLUMNS = ("formula", "formation_energy")
+_ELEMENT_KEY = re.compile(r"[A-Z][a-z]*")  # a canonical key of one element is its bare symbol
 # An element's formation energy is 0 by definition; a few meV of rounding in an export is tolerated.
 ELEMENT_TOLERANCE = 1e-3
 # Reference formulas are trusted data, not requests: long hydrates and defect cells are allowed.
@@ -61,9 +63,12 @@ class HullReference:
         return {"name": self.name, "sha256": self.sha256[:12]}
 
     def energy_of(self, key: str) -> float | None:
-        """The reference's own energy for a composition it holds (known compounds), else None."""
+        """The reference's own energy for a composition it holds (known compounds), else None.
+        Elements are always known: every hull has them at 0."""
         position = self._index.get(key)
-        return None if position is None else float(self.energies[position])
+        if position is None:
+            return 0.0 if _ELEMENT_KEY.fullmatch(key) else None
+        return float(self.energies[position])
 
     def within(self, elements: Iterable[str]) -> list[int]:
         """Compounds made only of ``elements`` (every sub-system included)."""

@@ -86,9 +86,7 @@ async def test_batch_json_csv_and_ndjson_carry_the_stability_fields(settings):
     assert rows[2]["error_code"] == "unknown_element"
 
 
-async def test_without_an_mp_model_e_above_hull_is_an_unknown_property(
-    models_dir, tmp_path, paper_reference
-):
+async def test_without_an_mp_model_e_above_hull_is_an_unknown_property(models_dir, tmp_path, paper_reference):
     settings = make_settings(models_dir, f"sqlite:///{tmp_path / 'c.db'}", hull_reference=paper_reference)
     async with serve(settings) as (_, client):
         refused = await client.post("/predict", json={"formula": "Li2O", "properties": ["e_above_hull"]})

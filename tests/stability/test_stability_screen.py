@@ -1,0 +1,116 @@
+"""``e_above_hull`` in screens: rows, sorting and filters on it and on p_stable, downloads, the
+predicted hull of the system, and ``ibrnet screen`` on the command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.chemistry.formula import parse_formula
+from app.stability.assess import StabilityAssessor
+from app.stability.reference import load_reference
+from tests.api.harness import serve
+from tests.screening.helpers import screen_settings, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def results_of(client, job_id: str) -> list[dict]:
+    return (await client.get(f"/screen/{job_id}/results", params={"limit": 10_000})).json()["results"]
+
+
+async def test_a_chemsys_screen_ranks_by_e_above_hull_and_builds_the_predicted_hull(
+    mp_models_dir, paper_reference, tmp_path
+):
+    settings = screen_settings(mp_models_dir, tmp_path, hull_reference=paper_reference)
+    request = {"chemsys": "Li-O", "max_atoms": 6, "sort_by": "e_above_hull"}
+    async with serve(settings) as (_, client):
+        job = (await client.post("/screen", json=request)).json()
+        await wait_for(client, job["id"])
+        rows = await results_of(client, job["id"])
+        hull = (await client.get(f"/screen/{job['id']}/hull")).json()
+        as_csv = (await client.get(f"/screen/{job['id']}/results", params={"format": "csv"})).text
+    assessor = StabilityAssessor(load_reference(paper_reference))
+    values = [row["predictions"]["e_above_hull"]["value"] for row in rows]
+    assert len(rows) > 10 and values == sorted(values)
+    for row in rows:
+        parsed = parse_formula(row["composition"])
+        stability = row["predictions"]["e_above_hull"]
+        expected = (
+            row["predictions"]["formation_energy_mp"]["value"]
+            - assessor.hull_energies([parsed.amount_dict])[0]
+        )
+        assert stability["value"] == pytest.approx(expected, abs=1e-9)
+        assert 0 <= stability["p_stable"] <= 1 and stability["reference"]["name"] == "li-o.csv"
+        assert stability["known"] is (row["composition"] in {"Li2O", "LiO", "O", "Li"})  # elements are known
+        assert "p_stable" not in row["predictions"] and "known" not in row["predictions"]
+    # The predicted hull: elements, known compounds still on it, every screened composition below
+    # the known hull that survives on the new one, and nothing else.
+    below = {row["composition"] for row in rows if row["predictions"]["e_above_hull"]["value"] < 0}
+    sources = {phase["composition"]: phase["source"] for phase in hull["phases"]}
+    assert sources["Li"] == "element" and sources["O"] == "element"
+    assert {name for name, source in sources.items() if source == "predicted"} <= below
+    assert hull["candidates_below_known_hull"] == len(below - {"Li2O", "LiO", "O", "Li"})
+    table = list(csv.DictReader(io.StringIO(as_csv)))
+    assert [float(r["e_above_hull"]) for r in table] == pytest.approx(values)
+    assert {r["known"] for r in table} == {"1", "0"} and all(r["p_stable"] for r in table)
+
+
+async def test_p_stable_sorts_and_filters_like_a_property(mp_models_dir, paper_reference, tmp_path):
+    settings = screen_settings(mp_models_dir, tmp_path, hull_reference=paper_reference)
+    request = {
+        "chemsys": "Li-O",
+        "max_atoms": 6,
+        "sort_by": "p_stable",
+        "ascending": False,
+        "top_k": 5,
+        "filters": {"e_above_hull": {"max": 0.5}},
+    }
+    async with serve(settings) as (_, client):
+        job = (await client.post("/screen", json=request)).json()
+        await wait_for(client, job["id"])
+        rows = await results_of(client, job["id"])
+        formula_job = (await client.post("/screen", json={"formulas": ["Li2O", "NaCl"]})).json()
+        await wait_for(client, formula_job["id"])
+        no_hull = await client.get(f"/screen/{formula_job['id']}/hull")
+        formula_rows = await results_of(client, formula_job["id"])
+    probabilities = [row["predictions"]["e_above_hull"]["p_stable"] for row in rows]
+    assert len(rows) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert all(row["predictions"]["e_above_hull"]["value"] <= 0.5 for row in rows)
+    assert no_hull.status_code == 422 and no_hull.json()["error"]["code"] == "not_a_chemsys_screen"
+    assert formula_rows[1]["predictions"]["e_above_hull"]["value"] is None  # Na, Cl: outside the reference
+
+
+async def test_without_an_mp_model_a_stability_screen_is_refused_up_front(
+    models_dir, paper_reference, tmp_path
+):
+    settings = screen_settings(models_dir, tmp_path, hull_reference=paper_reference)
+    async with serve(settings) as (_, client):
+        refused = await client.post("/screen", json={"chemsys": "Li-O", "sort_by": "p_stable"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_property"
+
+
+def test_ibrnet_screen_writes_e_above_hull_and_the_predicted_hull(mp_models_dir, paper_reference, tmp_path):
+    out, hull = tmp_path / "li-o.csv", tmp_path / "hull.json"
+    environment = {
+        **os.environ,
+        "IBRNET_HULL_REFERENCE": str(paper_reference),
+        "IBRNET_INTRA_OP_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "app.cli", "screen", "--chemsys", "Li-O", "--max-atoms", "4"]
+    command += ["--sort-by", "e_above_hull", "--models", str(mp_models_dir), "--out", str(out)]
+    command += ["--hull", str(hull), "--no-progress"]
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = list(csv.DictReader(out.open()))
+    values = [float(row["e_above_hull"]) for row in table]
+    assert values == sorted(values) and {"p_stable", "known", "formation_energy_mp"} <= set(table[0])
+    import json
+
+    phases = json.loads(hull.read_text())["phases"]
+    assert {phase["composition"] for phase in phases} >= {"Li", "O"}
