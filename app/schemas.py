@@ -106,6 +106,9 @@ class ModelPublic(BaseModel):
 
 class ModelsPublic(BaseModel):
     models: list[ModelPublic]
+    derived: list[dict[str, Any]] = Field(
+        default_factory=list, description="Properties computed from models (e_above_hull and its reference)"
+    )
     skipped: dict[str, str] = Field(default_factory=dict, description="Model folders not served, and why")
 
 

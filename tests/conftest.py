@@ -1,5 +1,8 @@
 """Shared fixtures.
 
+Stability: ``paper_reference`` is a Li-O hull reference whose hull is known on paper, and
+``mp_models_dir`` the standard models plus a tiny ensemble answering formation_energy_mp.
+
 Service tests: ``models_dir`` holds the standard tiny models (tests/model_factory.py), written
 once per session under a fresh salt, so their versions never match a cache another run left.
 
@@ -12,6 +15,7 @@ CI must prove the store works on both.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ import pytest
 from sqlalchemy import Engine, make_url
 
 from app.store.database import make_engine
-from tests.model_factory import write_standard_models
+from tests.model_factory import write_model, write_paper_reference, write_standard_models
 
 POSTGRES_URL_VARIABLE = "IBRNET_TEST_POSTGRES_URL"
 
@@ -84,3 +88,26 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def paper_reference(tmp_path: Path) -> Path:
+    """A hull reference whose Li-O hull is known on paper (PAPER_REFERENCE)."""
+    return write_paper_reference(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def mp_models_dir(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standard models plus a tiny ensemble answering formation_energy_mp."""
+    root = tmp_path_factory.mktemp("mp-models")
+    for folder in models_dir.iterdir():
+        shutil.copytree(folder, root / folder.name)
+    write_model(
+        root / "mp-formation-energy",
+        property_name="formation_energy_mp",
+        unit="eV/atom",
+        seed=7,
+        ensemble=True,
+        salt=uuid.uuid4().hex,
+    )
+    return root

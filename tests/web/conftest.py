@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.model_factory import write_paper_reference
 from tests.server_process import ibrnet_serve
 
 CHROMIUM_FLAGS = [
@@ -55,9 +56,12 @@ def screenshots_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(mp_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The standard models plus a formation_energy_mp model and the paper Li-O hull reference, so
+    the page shows e_above_hull and its fields as a deployment with stability does."""
     folder = tmp_path_factory.mktemp("web")
-    with ibrnet_serve(models_dir, f"sqlite:///{folder / 'ibrnet.db'}", folder, env=SLOW_SCREENS) as (base, _):
+    env = {**SLOW_SCREENS, "IBRNET_HULL_REFERENCE": str(write_paper_reference(folder))}
+    with ibrnet_serve(mp_models_dir, f"sqlite:///{folder / 'ibrnet.db'}", folder, env=env) as (base, _):
         yield base
 
 

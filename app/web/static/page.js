@@ -25,7 +25,10 @@ window.addEventListener("unhandledrejection", (event) => notice(event.reason));
 
 async function start() {
   const [models, limits] = await Promise.all([apiJson("/models"), apiJson("/limits")]);
-  state.models = models.models;
+  // Served properties: each model's, then the derived ones (e_above_hull from the MP model).
+  state.models = [...models.models, ...(models.derived ?? [])];
+  // Columns a screen can rank by besides properties (p_stable); "known" is a flag, not a ranking.
+  state.screenColumns = (models.derived ?? []).flatMap((d) => d.screen_columns ?? []).filter((c) => c !== "known");
   state.limits = limits;
   for (const fieldset of document.querySelectorAll("[data-role=properties]")) {
     for (const model of state.models) {
@@ -37,7 +40,9 @@ async function start() {
       );
     }
   }
-  for (const model of state.models) $("screen-sort").append(el("option", { value: model.property }, label(model.property)));
+  for (const name of [...state.models.map((m) => m.property), ...state.screenColumns]) {
+    $("screen-sort").append(el("option", { value: name }, label(name)));
+  }
   $("screen-max-atoms").max = String(limits.screen_max_atoms);
 }
 
@@ -239,10 +244,23 @@ async function showResults(view) {
   const ranked = state.job.request.sort_by ? `ranked by ${label(state.job.request.sort_by)}` : "in enumeration order";
   out.append(resultsTable(rows, { caption: `${count.toLocaleString()} compositions, ${ranked}`, limit: TABLE_ROWS_SHOWN }));
   if (count > TABLE_ROWS_SHOWN) out.append(el("p", { class: "muted" }, `The first ${TABLE_ROWS_SHOWN} rows are shown; the downloads have all ${count.toLocaleString()}.`));
-  const property = state.job.request.sort_by ?? Object.keys(rows.find((row) => row.predictions)?.predictions ?? {})[0];
+  // A screen ranked by a stability column plots e_above_hull, the property that column belongs to.
+  const sortBy = state.screenColumns.includes(state.job.request.sort_by) ? "e_above_hull" : state.job.request.sort_by;
+  const property = sortBy ?? Object.keys(rows.find((row) => row.predictions)?.predictions ?? {})[0];
   if (property) {
     const elements = state.job.request.chemsys.split("-").map((symbol) => symbol.trim()).filter(Boolean);
-    plotScreen({ rows, elements, property, histogramNode: $("screen-histogram"), mapNode: $("screen-map") });
+    const hull = rows.some((row) => row.predictions?.e_above_hull) && elements.length <= 3 ? await predictedHull(view.id) : null;
+    plotScreen({ rows, elements, property, histogramNode: $("screen-histogram"), mapNode: $("screen-map"), hull });
+  }
+}
+
+// The predicted hull of a finished stability screen; a screen that cannot have one plots without.
+async function predictedHull(jobId) {
+  try {
+    return await apiJson(`/screen/${jobId}/hull`);
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 409 || error.status === 422)) return null;
+    throw error;
   }
 }
 

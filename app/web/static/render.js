@@ -62,7 +62,7 @@ export function predictionCard(answer) {
       el("td", {}, p.unit),
       el("td", { class: "num", "data-role": "uncertainty" }, p.uncertainty == null ? "—" : `± ${formatNumber(p.uncertainty)}`),
       el("td", { class: "num", "data-role": "interval" }, intervalText(p.interval)),
-      withExtras ? el("td", {}, extrasText(p)) : null,
+      withExtras ? el("td", { class: "wrap" }, extrasText(p)) : null,
       el("td", { class: "muted" }, `${p.model} ${p.version}${p.cached ? " (cached)" : ""}`),
     ),
   );
@@ -92,7 +92,12 @@ function extrasText(prediction) {
   const parts = [];
   if (prediction.p_stable !== undefined && prediction.p_stable !== null) parts.push(`P(stable) ${formatNumber(prediction.p_stable)}`);
   if (prediction.known) parts.push("known compound");
-  return parts.join(", ");
+  if (prediction.decomposition) {
+    const phases = Object.entries(prediction.decomposition).map(([phase, share]) => `${formatNumber(share)} ${phase}`);
+    parts.push(`hull: ${phases.join(" + ")}`);
+  }
+  if (prediction.error) parts.push(prediction.error.message);
+  return parts.join("; ");
 }
 
 export function tableWrap(table) {
