@@ -61,6 +61,10 @@ def p_stable(value: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
 class StabilityAssessor:
     def __init__(self, reference: HullReference, hulls: HullCache | None = None) -> None:
+        # pymatgen's phase-diagram module takes ~1 s to import: paid here, at start-up, rather than
+        # by the first request (or screen) that needs a hull.
+        import pymatgen.analysis.phase_diagram  # noqa: F401
+
         self.reference = reference
         self.hulls = hulls or HullCache(reference)
         self._described = reference.describe()

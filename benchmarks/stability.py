@@ -1,0 +1,110 @@
+"""What stability costs: /predict with and without e_above_hull, and the hull's share of a screen.
+
+    python benchmarks/stability.py --mp-model MODEL_DIR [--formulas 400]
+
+MODEL_DIR is a formation_energy_mp model (trained with ``ibrnet train --data critexam-ef``); the
+shipped hull reference is used. From one run on this machine:
+1. single-formula POST /predict at concurrency 1, cold (every formula distinct, so both the
+   prediction and, mostly, the chemical system's hull are new): the MP model alone, then the
+   MP model plus e_above_hull, on two disjoint sets of real CritExam test formulas; p50 and p99,
+   and their ratio (the issue's target: p50 <= 2x);
+2. a 4-element enumeration with max_atoms 12 through the screening code in this process: rows
+   per second with and without stability, and the share of the time the hull takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import Server, predict_requests, run_load
+
+from app.inference.registry import ModelRegistry
+from app.screening.compute import ScreenModels
+from app.screening.enumerate import ChemicalSpace
+from app.screening.stoichiometry import StoichiometryEncoder
+from app.stability.assess import StabilityAssessor
+from app.stability.reference import load_reference
+from training.stability import EF_MEMBER, critexam
+
+SCREEN_SYSTEM = "Li-Fe-P-O"
+SCREEN_MAX_ATOMS = 12
+
+
+def cold_predict(mp_model: Path, formulas: list[str], half: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        models = Path(folder) / "models"
+        shutil.copytree(mp_model, models / mp_model.name)
+        server = Server(models, f"sqlite:///{folder}/cache.db", Path(folder))
+        try:
+            results = {}
+            for name, properties, chosen in (
+                ("formation_energy_mp", ["formation_energy_mp"], formulas[:half]),
+                ("+ e_above_hull", ["formation_energy_mp", "e_above_hull"], formulas[half:]),
+            ):
+                field = b'{"properties": %s, "formula"' % json.dumps(properties).encode()
+                requests = [_fix_length(r.replace(b'{"formula"', field)) for r in predict_requests(chosen)]
+                results[name] = run_load(server, requests, concurrency=1)
+                load = results[name]
+                print(f"/predict c=1 cold, {name}: p50 {load.percentile_ms(50):.1f} ms, "
+                      f"p99 {load.percentile_ms(99):.1f} ms, {load.throughput:.0f} req/s")  # fmt: skip
+            with_hull, alone = results["+ e_above_hull"], results["formation_energy_mp"]
+            ratio = with_hull.percentile_ms(50) / alone.percentile_ms(50)
+            print(f"p50 with e_above_hull / without: {ratio:.2f} (target <= 2)")
+        finally:
+            server.stop()
+
+
+def _fix_length(request: bytes) -> bytes:
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"content-length")]
+    return b"\r\n".join([*lines, f"Content-Length: {len(body)}".encode()]) + b"\r\n\r\n" + body
+
+
+def screen_share(mp_model: Path) -> None:
+    registry = ModelRegistry.load(
+        mp_model.parent, device="cpu", intra_op_threads=1, prefer_int8_on_cpu=False, warmup_rows=64
+    )
+    reference = load_reference()
+    space = ChemicalSpace.from_chemsys(SCREEN_SYSTEM, SCREEN_MAX_ATOMS, True, registry.models[0].elements)
+    encoder = StoichiometryEncoder(space.elements, SCREEN_MAX_ATOMS)
+    chunks = list(space.iter_amounts(0, None, 4096))
+    rows = sum(len(chunk) for chunk in chunks)
+    timings = {}
+    for name, stability in (("without", None), ("with", StabilityAssessor(reference))):
+        models = ScreenModels(registry.resolve(["formation_energy_mp"]), stability=stability)
+        started = time.perf_counter()
+        first = 0
+        for chunk in chunks:
+            models.predict_amounts(encoder, chunk, first)
+            first += len(chunk)
+        timings[name] = time.perf_counter() - started
+        print(f"{SCREEN_SYSTEM} max_atoms {SCREEN_MAX_ATOMS}, {rows:,} rows, {name} e_above_hull: "
+              f"{timings[name]:.2f} s ({rows / timings[name]:,.0f} rows/s)")  # fmt: skip
+    share = (timings["with"] - timings["without"]) / timings["with"]
+    print(f"hull work's share of the screen: {100 * share:.1f}% (hull built once: it is cached per system)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mp-model", type=Path, required=True)
+    parser.add_argument("--formulas", type=int, default=400)
+    args = parser.parse_args()
+    test = critexam(EF_MEMBER)["test"]
+    rng = np.random.default_rng(0)
+    formulas = [test.keys[i] for i in rng.choice(len(test.keys), args.formulas, replace=False)]
+    cold_predict(args.mp_model, formulas, args.formulas // 2)
+    screen_share(args.mp_model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
