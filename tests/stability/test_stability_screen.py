@@ -69,7 +69,7 @@ async def test_p_stable_sorts_and_filters_like_a_property(mp_models_dir, paper_r
         "sort_by": "p_stable",
         "ascending": False,
         "top_k": 5,
-        "filters": {"e_above_hull": {"max": 0.5}},
+        "filters": {"e_above_hull": {"max": 0.5}, "known": {"max": 0}},
     }
     async with serve(settings) as (_, client):
         job = (await client.post("/screen", json=request)).json()
@@ -82,6 +82,7 @@ async def test_p_stable_sorts_and_filters_like_a_property(mp_models_dir, paper_r
     probabilities = [row["predictions"]["e_above_hull"]["p_stable"] for row in rows]
     assert len(rows) == 5 and probabilities == sorted(probabilities, reverse=True)
     assert all(row["predictions"]["e_above_hull"]["value"] <= 0.5 for row in rows)
+    assert not any(row["predictions"]["e_above_hull"]["known"] for row in rows)  # new compositions only
     assert no_hull.status_code == 422 and no_hull.json()["error"]["code"] == "not_a_chemsys_screen"
     assert formula_rows[1]["predictions"]["e_above_hull"]["value"] is None  # Na, Cl: outside the reference
 
