@@ -199,6 +199,14 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--property", help="property key for a CSV dataset (default: the target column)")
     parser.add_argument("--unit", help="unit of a CSV dataset's target")
+    parser.add_argument(
+        "--exclude-compositions",
+        metavar="DATASET[:SPLIT+SPLIT]",
+        action="append",
+        default=[],
+        help="drop train and val rows whose composition is in this dataset's splits (all, or those "
+        "named), e.g. critexam-ef:test: a transfer source that never saw the target's test compounds",
+    )
     _add_data_options(parser)
 
 

@@ -236,10 +236,16 @@ class DataRequest:
     outlier_iqr: float | None = 10.0  # drop TRAIN rows outside [Q1 - k·IQR, Q3 + k·IQR]; None keeps all
     property: str | None = None  # for CSVs: the property key (default: the target column, snake_case)
     unit: str | None = None
+    # "DATASET" or "DATASET:SPLIT[+SPLIT]": train and val rows whose composition appears there are
+    # dropped, so a network never sees another dataset's evaluation compounds (transfer sources).
+    exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataRequest:
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if "exclude" in known:
+            known["exclude"] = tuple(known["exclude"])
+        return cls(**known)
 
 
 @dataclass
@@ -391,6 +397,9 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
     featurizer = get_featurizer(request.features)
     meta, sources, notes = _read_sources(request)
     notes.update(limit=request.limit, split_seed=request.split_seed, outlier_iqr=request.outlier_iqr)
+    excluded = excluded_compositions(request.exclude)
+    if request.exclude:
+        notes.update(exclude=list(request.exclude), excluded_rows={})
     out: dict[str, Split] = {}
     files: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -402,6 +411,12 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
         rows = features.rows[keep]
         x = features.x[keep]
         y = raw.targets[rows].astype(np.float32)
+        if excluded and split in ("train", "val"):
+            allowed = np.array(
+                [composition_key(raw.formulas[r]) not in excluded for r in rows.tolist()], dtype=bool
+            )
+            notes["excluded_rows"][split] = int((~allowed).sum())
+            x, y, rows = x[allowed], y[allowed], rows[allowed]
         skipped = Counter(code for code in features.errors[chosen].tolist() if code)
         dropped = 0
         if split == "train" and request.outlier_iqr is not None and len(y) > 0:
@@ -436,6 +451,33 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
         files=files,
         notes=notes,
     )
+
+
+def composition_key(formula: str) -> str | None:
+    """The service's canonical composition key, or None for a formula the parser refuses."""
+    try:
+        return parse_formula(formula, max_length=10_000).canonical_key
+    except FormulaError:
+        return None
+
+
+def excluded_compositions(specs: Sequence[str]) -> frozenset[str]:
+    """Composition keys of ``DATASET[:SPLIT+SPLIT]`` entries (every split when none is named)."""
+    keys: set[str] = set()
+    for spec in specs:
+        name, _, wanted = spec.partition(":")
+        splits = tuple(wanted.split("+")) if wanted else SPLITS
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown:
+            raise SystemExit(
+                f"--exclude-compositions {spec}: no split {', '.join(unknown)} (train, val, test)"
+            )
+        _, sources, _ = _read_sources(DataRequest(data=name))
+        for split in splits:
+            raw, rows = sources[split]
+            keys.update(composition_key(raw.formulas[row]) for row in rows.tolist())
+    keys.discard(None)  # type: ignore[arg-type]
+    return frozenset(keys)
 
 
 def describe(dataset: Dataset) -> str:

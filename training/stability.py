@@ -37,7 +37,7 @@ from app.stability.assess import p_stable
 from app.stability.hull import HullCache, build_hull
 from app.stability.reference import HullReference, parse_rows
 from training import onnx_model
-from training.data import DataRequest, ensure_wheel, load_dataset
+from training.data import DataRequest, ensure_wheel, excluded_compositions, load_dataset
 
 EF_MEMBER = "crabnet/data/benchmark_data/CritExam__Ef/{split}.csv"
 ED_MEMBER = "crabnet/data/benchmark_data/CritExam__Ed/{split}.csv"
@@ -207,18 +207,7 @@ PROTOCOLS = {
 
 def unseen_mask(keys: Sequence[str], datasets: Sequence[str]) -> np.ndarray:
     """True for compositions in no split of any of ``datasets`` (a transfer source's data)."""
-    from app.chemistry.formula import parse_formula
-    from training.data import _read_sources
-
-    seen: set[str] = set()
-    for name in datasets:
-        _, splits, _ = _read_sources(DataRequest(data=name))
-        for raw, rows in splits.values():
-            for formula in (raw.formulas[row] for row in rows.tolist()):
-                try:
-                    seen.add(parse_formula(formula, max_length=10_000).canonical_key)
-                except Exception:  # a row the dataset's own loader would refuse: not seen
-                    continue
+    seen = excluded_compositions(datasets)
     return np.array([key not in seen for key in keys])
 
 

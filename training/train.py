@@ -233,7 +233,9 @@ def write_log(path: Path, history: list[dict[str, float]]) -> None:
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, request: DataRequest) -> None:
     fixed = {"arch": config.arch, "seed": config.seed}
     mismatched = [k for k, v in fixed.items() if saved["train"].get(k) != v]
-    mismatched += [f"data.{k}" for k, v in asdict(request).items() if saved["data"].get(k) != v]
+    # Read back through DataRequest: JSON lists become tuples, fields newer than the run get defaults.
+    saved_request = asdict(DataRequest.from_dict(saved["data"]))
+    mismatched += [f"data.{k}" for k, v in asdict(request).items() if saved_request[k] != v]
     if mismatched:
         raise SystemExit(f"ibrnet train --resume: the run was made with different {', '.join(mismatched)}")
 
@@ -532,6 +534,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         formula_column=args.formula_column,
         target_column=args.target_column,
         outlier_iqr=args.outlier_iqr or None,
+        exclude=tuple(getattr(args, "exclude_compositions", None) or ()),
         property=args.property,
         unit=args.unit,
     )

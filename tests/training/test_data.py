@@ -186,3 +186,38 @@ def test_parsed_rows_keep_their_file_order(oqmd_frames):
     order = {f: i for i, f in enumerate(oqmd_frames["val"]["formula"])}
     positions = [order[f] for f in dataset.splits["val"].formulas]
     assert positions == sorted(positions)
+
+
+def _doubled(formula: str) -> str:
+    """The same composition written differently (every amount twice): Fe2O3 -> Fe4O6."""
+    return "".join(
+        f"{element}{2 * amount:g}" for element, amount in parse_formula(formula).amount_dict.items()
+    )
+
+
+def test_excluded_compositions_leave_train_and_val_but_never_test(small_folder, tmp_path):
+    train = pd.read_csv(small_folder / "train.csv")
+    val = pd.read_csv(small_folder / "val.csv")
+    test = pd.read_csv(small_folder / "test.csv")
+    other = tmp_path / "other"
+    other.mkdir()
+    # The other dataset's test split holds 5 train and 3 val compositions of this one (written
+    # differently), and 2 of its test compositions; its own train split holds 4 more train ones.
+    pd.DataFrame(
+        {"formula": [*map(_doubled, train.formula[:5]), *map(_doubled, val.formula[:3]), *test.formula[:2]],
+         "target": 0.0}
+    ).to_csv(other / "test.csv", index=False)  # fmt: skip
+    pd.DataFrame({"formula": train.formula[10:14], "target": 0.0}).to_csv(other / "train.csv", index=False)
+    pd.DataFrame({"formula": ["NaCl"], "target": 0.0}).to_csv(other / "val.csv", index=False)
+
+    plain = load_dataset(DataRequest(str(small_folder), outlier_iqr=None))
+    held_out = load_dataset(DataRequest(str(small_folder), outlier_iqr=None, exclude=(f"{other}:test",)))
+    assert held_out.notes["excluded_rows"] == {"train": 5, "val": 3}
+    assert len(held_out.splits["train"].y) == len(plain.splits["train"].y) - 5
+    assert len(held_out.splits["test"].y) == len(plain.splits["test"].y)  # test is never touched
+    keys = {parse_formula(f).canonical_key for f in held_out.splits["train"].formulas}
+    assert not keys & {parse_formula(f).canonical_key for f in train.formula[:5]}
+    everything = load_dataset(DataRequest(str(small_folder), outlier_iqr=None, exclude=(str(other),)))
+    assert everything.notes["excluded_rows"]["train"] == 9  # all splits of the other dataset
+    with pytest.raises(SystemExit, match="no split tset"):
+        load_dataset(DataRequest(str(small_folder), exclude=(f"{other}:tset",)))
