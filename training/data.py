@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from app.chemistry.featurizers import Featurizer, get_featurizer
+from app.chemistry.fingerprint import chemistry_fingerprint as app_chemistry_fingerprint
 from app.chemistry.formula import FormulaError, parse_formula
 from app.inference.manifest import file_sha256
 from training.datasets import PACKAGED, find_packaged
@@ -82,16 +83,8 @@ def ensure_wheel() -> Path:
 
 @cache
 def chemistry_fingerprint() -> str:
-    """Hash of the parser and featurizer code: cached features are stale when either changes."""
-    import app.chemistry
-
-    root = Path(app.chemistry.__file__).parent
-    digest = hashlib.sha256(CACHE_FORMAT.encode())
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in {".py", ".csv", ".json"} and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Cached features are stale when the parser, the featurizers or the cache format change."""
+    return hashlib.sha256(f"{CACHE_FORMAT}|{app_chemistry_fingerprint()}".encode()).hexdigest()[:16]
 
 
 # --- raw files ------------------------------------------------------------------------------------

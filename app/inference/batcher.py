@@ -208,7 +208,8 @@ class DynamicBatcher:
             if submission.formulas is not None:
                 for formula in submission.formulas:
                     unique.setdefault(formula.canonical_key, formula)
-        cached = self.cache.lookup(model.version, list(unique)) if self.cache is not None and unique else {}
+        cache = self.cache
+        cached = cache.lookup(model.cache_version, list(unique)) if cache is not None and unique else {}
         misses = [formula for key, formula in unique.items() if key not in cached]
 
         blocks = [model.featurizer.transform(misses)] if misses else []
@@ -223,7 +224,7 @@ class DynamicBatcher:
             fresh[formula.canonical_key] = row
             predictions[formula.canonical_key] = served_prediction(model, row, cached=False)
         if fresh and self.cache is not None:
-            self.cache.save(model.version, fresh)
+            self.cache.save(model.cache_version, fresh)
         if cached:
             self._m_hits.inc(len(cached))
         if misses:

@@ -221,7 +221,7 @@ class Predictor:
             return None
         answers: dict[str, PropertyPrediction] = {}
         for model in models:
-            row = self.cache.recall(model.version, key)
+            row = self.cache.recall(model.cache_version, key)
             if row is None:
                 return None
             answers[model.property] = served_prediction(model, row, cached=True)

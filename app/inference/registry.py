@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from app.chemistry.elements import EF_ELEMENTS
 from app.chemistry.featurizers import Featurizer, get_featurizer
+from app.chemistry.fingerprint import chemistry_fingerprint
 from app.errors import DomainError
 from app.inference.manifest import (
     INT8_ONNX_FILE,
@@ -55,6 +56,12 @@ class LoadedModel:
     variant: str  # "fp32" or "int8"
     session: ort.InferenceSession = field(repr=False)
     warmup_s: float = 0.0
+
+    @property
+    def cache_version(self) -> str:
+        """The version its predictions are cached under: the model file's and the chemistry's
+        (key rules, featurizer tables), so a change to either is a miss, not a stale row."""
+        return f"{self.version}.{chemistry_fingerprint()[:12]}"
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """float32 [n, width] -> float32 [n, 2]: value, and standard deviation (NaN for a point model)."""

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from app.chemistry.fingerprint import CHEMISTRY_DIR, chemistry_fingerprint, fingerprint_of
 from tests.api.harness import flush_cache_writes, make_settings, metric_total, metric_value, serve
 from tests.model_factory import reference_outputs, write_model
 from tests.tcp_proxy import TcpProxy
@@ -60,6 +61,36 @@ async def test_a_new_model_version_never_serves_old_values(tmp_path, models_dir,
     assert new["cached"] is False
     assert new["value"] == pytest.approx(float(reference_outputs(folder, features)[0, 0]), rel=1e-5, abs=1e-5)
     assert new["value"] != pytest.approx(old["value"])
+
+
+def test_the_chemistry_fingerprint_covers_key_rules_and_element_tables(tmp_path):
+    copy = tmp_path / "chemistry"
+    shutil.copytree(CHEMISTRY_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert fingerprint_of(copy) == chemistry_fingerprint()
+    table = copy / "data" / "ward2016_elements.csv"
+    table.write_text(table.read_text() + "\n")  # one more line in a table
+    assert fingerprint_of(copy) != chemistry_fingerprint()
+    rules = copy / "formula.py"
+    shutil.copy(CHEMISTRY_DIR / "data" / "ward2016_elements.csv", table)
+    rules.write_text(rules.read_text() + "\n# a changed key rule\n")
+    assert fingerprint_of(copy) != chemistry_fingerprint()
+
+
+async def test_a_chemistry_change_is_a_cache_miss_after_a_restart(settings, monkeypatch):
+    async with serve(settings) as (app, client):
+        first = (await client.post("/predict", json={"formula": "MgAl2O4"})).json()["predictions"]["band_gap"]
+        await flush_cache_writes(app)
+    # The same model file, but the parser's key rules or a featurizer table changed (a new release).
+    monkeypatch.setattr("app.inference.registry.chemistry_fingerprint", lambda: "0123456789abcdef")
+    async with serve(settings) as (_, client):
+        changed = (await client.post("/predict", json={"formula": "MgAl2O4"})).json()["predictions"][
+            "band_gap"
+        ]
+    monkeypatch.undo()
+    async with serve(settings) as (_, client):
+        same = (await client.post("/predict", json={"formula": "MgAl2O4"})).json()["predictions"]["band_gap"]
+    assert first["cached"] is False and changed["cached"] is False and same["cached"] is True
+    assert changed["version"] == first["version"]  # the model's version is unchanged; its cache key is not
 
 
 async def test_unreachable_database_still_predicts_and_reports_degraded(models_dir):
