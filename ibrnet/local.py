@@ -50,7 +50,7 @@ def predict(
     from app.errors import DomainError
 
     try:
-        served = [model.property for model in predictor.resolve(names)]
+        served = list(predictor.plan(names).outputs)  # derived properties (e_above_hull) included
     except DomainError as error:
         raise ServiceError(error.status_code, error.code, error.message, error.details) from None
     results = predict_results(predictor, texts, served) if texts else []
@@ -67,26 +67,15 @@ def clear_models() -> None:
 
 
 def _predictor(models_dir: str | Path | None) -> Predictor:
-    from app.inference.predictor import Predictor
-    from app.inference.registry import ModelRegistry
+    from app.commands.predict import local_predictor
     from app.settings import get_settings
 
-    settings = get_settings()
-    folder = Path(models_dir) if models_dir is not None else settings.models_dir
+    folder = Path(models_dir) if models_dir is not None else get_settings().models_dir
     key = folder.expanduser().resolve()
     with _lock:  # two threads asking at once load the models once
         predictor = _predictors.get(key)
         if predictor is None:
-            registry = ModelRegistry.load(
-                key,
-                device=settings.device,
-                intra_op_threads=settings.intra_op_threads,
-                prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
-                warmup_rows=1,
-            )
-            for model_folder, reason in registry.failures.items():
-                warnings.warn(f"ibrnet: skipped model {model_folder}: {reason}", stacklevel=3)
-            predictor = Predictor(registry, max_formula_length=settings.max_formula_length)
-            if registry.models:  # an empty folder is read again next time: it may have been fixed
+            predictor = local_predictor(key, lambda line: warnings.warn(line, stacklevel=4))
+            if predictor.registry.models:  # an empty folder is read again next time: it may have been fixed
                 _predictors[key] = predictor
     return predictor

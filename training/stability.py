@@ -95,11 +95,7 @@ def hull_energies(reference: HullReference, targets: HullReference, progress: st
     for done, (system, rows) in enumerate(groups.items(), start=1):
         hull = hulls.get(system)
         out[rows] = hull.energy(hull.fractions([targets.amounts[r] for r in rows]))[0]
-        if progress and done % 2000 == 0:
-            print(
-                f"{progress}: {done}/{len(groups)} systems, {time.monotonic() - started:.0f} s",
-                file=sys.stderr,
-            )
+        _report(progress, done, len(groups), "systems", started)
     return out
 
 
@@ -125,12 +121,14 @@ def decomposition_enthalpies(
         else:
             others = build_hull(reference, system, exclude=frozenset({position}))
             out[row] = energy - float(others.energy(others.fractions([amounts]))[0][0])
-        if progress and done % 2000 == 0:
-            print(
-                f"{progress}: {done}/{len(positions)} compounds, {time.monotonic() - started:.0f} s",
-                file=sys.stderr,
-            )
+        _report(progress, done, len(positions), "compounds", started)
     return out
+
+
+def _report(progress: str, done: int, total: int, what: str, started: float) -> None:
+    """A line on stderr every 2,000 items of a long hull loop (the Bartel protocol takes minutes)."""
+    if progress and done % 2000 == 0:
+        print(f"{progress}: {done}/{total} {what}, {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
 def classification(

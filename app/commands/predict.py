@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import DomainError
@@ -24,20 +25,27 @@ from app.settings import get_settings
 from app.stability.service import load_stability
 
 
-def run(args: argparse.Namespace) -> int:
+def local_predictor(models_dir: Path | None, warn: Callable[[str], None]) -> Predictor:
+    """A predictor over ``models_dir`` (default: IBRNET_MODELS_DIR) for this process: no server, no
+    cache, the same IBRNET_* settings as ``ibrnet serve`` (stability included). ``warn`` hears of
+    every model folder that was skipped, and why."""
     settings = get_settings()
-    models_dir = Path(args.models) if args.models else settings.models_dir
     registry = ModelRegistry.load(
-        models_dir,
+        models_dir or settings.models_dir,
         device=settings.device,
         intra_op_threads=settings.intra_op_threads,
         prefer_int8_on_cpu=settings.prefer_int8_on_cpu,
         warmup_rows=1,
     )
     for folder, reason in registry.failures.items():
-        print(f"ibrnet: skipped model {folder}: {reason}", file=sys.stderr)
-    predictor = Predictor(
-        registry, max_formula_length=settings.max_formula_length, stability=load_stability(settings, registry)
+        warn(f"ibrnet: skipped model {folder}: {reason}")
+    stability = load_stability(settings, registry)
+    return Predictor(registry, max_formula_length=settings.max_formula_length, stability=stability)
+
+
+def run(args: argparse.Namespace) -> int:
+    predictor = local_predictor(
+        Path(args.models) if args.models else None, lambda line: print(line, file=sys.stderr)
     )
     try:
         outputs = list(predictor.plan(args.properties or None).outputs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,9 @@ class StabilityPrediction:
     known: bool  # the composition itself is in the reference
     reference: dict[str, str]  # name and sha256 (first 12) of the hull data
     error: dict[str, Any] | None = None  # why there is no value (elements outside the reference)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def p_stable(value: np.ndarray, sigma: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -111,7 +112,20 @@ def test_ibrnet_screen_writes_e_above_hull_and_the_predicted_hull(mp_models_dir,
     table = list(csv.DictReader(out.open()))
     values = [float(row["e_above_hull"]) for row in table]
     assert values == sorted(values) and {"p_stable", "known", "formation_energy_mp"} <= set(table[0])
-    import json
-
     phases = json.loads(hull.read_text())["phases"]
     assert {phase["composition"] for phase in phases} >= {"Li", "O"}
+
+
+def test_ibrnet_predict_answers_e_above_hull_in_process(mp_models_dir, paper_reference, tmp_path):
+    environment = {
+        **os.environ,
+        "IBRNET_HULL_REFERENCE": str(paper_reference),
+        "IBRNET_INTRA_OP_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "app.cli", "predict", "Li2O2", "--models", str(mp_models_dir), "--json"]
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    predictions = json.loads(done.stdout)["results"][0]["predictions"]
+    stability = predictions["e_above_hull"]
+    assert stability["value"] == pytest.approx(predictions["formation_energy_mp"]["value"] + 1.5, abs=1e-6)
+    assert stability["decomposition"] == {"Li2O": 0.75, "O2": 0.25} and stability["known"] is True
