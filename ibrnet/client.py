@@ -325,7 +325,9 @@ class Client:
         return found
 
     def _served_properties(self) -> list[str]:
-        return [model["property"] for model in self._get_json("/models").get("models") or []]
+        """Every property the service answers: its models' and the derived ones (e_above_hull)."""
+        body = self._get_json("/models")
+        return [entry["property"] for entry in [*(body.get("models") or []), *(body.get("derived") or [])]]
 
 
 class ScreenJob:
@@ -350,8 +352,11 @@ class ScreenJob:
 
     @property
     def properties(self) -> list[str]:
-        """The properties this job predicts, in column order."""
-        return list(self._view.get("models") or {})
+        """The properties this job predicts, in column order. A stability screen's ``p_stable`` and
+        ``known`` are fields of ``e_above_hull`` (columns ``e_above_hull_p_stable`` and
+        ``e_above_hull_known``, as in ``predict``), not properties of their own."""
+        models = self._view.get("models") or {}
+        return [name for name, described in models.items() if "derived_from" not in described]
 
     def status(self) -> dict[str, Any]:
         """GET /screen/{id}: ``status`` (queued, running, succeeded, failed, cancelled), ``progress``

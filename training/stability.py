@@ -69,14 +69,26 @@ def concatenate(
     return HullReference(name, "", keys, amounts, np.asarray(values, dtype=np.float64))
 
 
+def critexam_formulas(split: str) -> list[str]:
+    with zipfile.ZipFile(ensure_wheel()) as wheel:
+        text = wheel.read(EF_MEMBER.format(split=split)).decode("utf-8")
+    return [row["formula"] for row in csv.DictReader(io.StringIO(text))]
+
+
 def model_predictions(model_dir: Path) -> dict[str, np.ndarray]:
     """split -> [n, 2] (mean, sigma; sigma NaN for a point model) in CritExam file order."""
     manifest = ModelManifest.load(model_dir)
-    dataset = load_dataset(DataRequest(data="critexam-ef", features=manifest.features.spec), splits=SPLITS)
+    request = DataRequest(data="critexam-ef", features=manifest.features.spec, outlier_iqr=None)
+    dataset = load_dataset(request, splits=SPLITS)
     session = onnx_model.session(model_dir / ONNX_FILE)
     out = {}
     for split in SPLITS:
         rows = dataset.splits[split]
+        # Predictions are matched to compounds by position: every CritExam row must be there, in
+        # file order (an outlier rule or a refused row would shift every energy after it).
+        expected = critexam_formulas(split)
+        if rows.formulas != expected:
+            raise SystemExit(f"ibrnet evaluate-stability: the {split} rows are not CritExam's, in order")
         predicted = onnx_model.predict(session, rows.x).astype(np.float64)
         if predicted.shape[1] == 1:
             predicted = np.column_stack([predicted[:, 0], np.full(len(predicted), np.nan)])

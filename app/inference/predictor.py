@@ -27,7 +27,7 @@ from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.inference.results import ItemError, PredictionResult, PropertyPrediction, Result
-from app.stability.assess import E_ABOVE_HULL, SOURCE_PROPERTY, StabilityAssessor
+from app.stability.assess import E_ABOVE_HULL, SOURCE_PROPERTY, StabilityAssessor, models_to_run
 from app.store.predictions import PredictionStore
 from app.store.writer import CacheWriter
 
@@ -53,6 +53,9 @@ PIPELINE_DEPTH = 4
 INLINE_PARSE_LIMIT = 32
 # Repeated formulas (dashboards, retries, warm caches) skip the parser; bounded memory.
 PARSE_MEMO_SIZE = 65_536
+# Rows assessed for stability on the event loop when their hulls are built (~30 µs each); more go
+# to a thread.
+INLINE_DERIVE_LIMIT = 32
 # Rows per direct ORT call on the synchronous path (screening, CLI).
 DIRECT_CHUNK_SIZE = 8192
 
@@ -130,21 +133,9 @@ class Predictor:
         return list(self.plan(None).outputs)
 
     def _plan_uncached(self, properties: tuple[str, ...] | None) -> Plan:
-        derivable = self.stability is not None and SOURCE_PROPERTY in self.registry.by_property
-        wants_stability = derivable and (properties is None or E_ABOVE_HULL in properties)
-        if properties is not None and E_ABOVE_HULL in properties and not derivable:
-            has_source = SOURCE_PROPERTY in self.registry.by_property
-            lacking = "hull reference" if has_source else f"{SOURCE_PROPERTY} model"
-            raise DomainError(
-                "unknown_property",
-                f"property {E_ABOVE_HULL!r} needs the {SOURCE_PROPERTY} model and a hull reference; "
-                f"this service has no {lacking}",
-                property=E_ABOVE_HULL,
-                available=sorted(self.registry.by_property),
-            )
-        to_run = None if properties is None else [name for name in properties if name != E_ABOVE_HULL]
-        if wants_stability and to_run is not None and SOURCE_PROPERTY not in to_run:
-            to_run.append(SOURCE_PROPERTY)
+        to_run, wants_stability = models_to_run(
+            properties, self.registry.by_property, self.stability is not None
+        )
         models = tuple(self.registry.resolve(to_run))
         if not models:
             raise InferenceFailed("no_models", "no model is loaded; see GET /ready for the reasons")
@@ -178,14 +169,14 @@ class Predictor:
     ) -> list[Mapping[str, object]]:
         """Derived properties per formula (``e_above_hull``), or empty mappings when none is asked.
 
-        Hulls already built are evaluated on the event loop (microseconds); a chemical system
-        seen for the first time is built in a thread, so it never stalls other requests.
+        A few rows whose hulls are built are assessed on the event loop (~30 µs a row); a chunk, or
+        a chemical system seen for the first time, goes to a thread, so it never stalls others.
         """
         if not plan.stability or not formulas:
             return [{}] * len(formulas)
         assert self.stability is not None
         systems = list({frozenset(formula.amount_dict) for formula in formulas})
-        if self.stability.hull_ready(systems):
+        if len(formulas) <= INLINE_DERIVE_LIMIT and self.stability.hull_ready(systems):
             return self.derive_sync(plan, formulas, answers)
         return await asyncio.to_thread(self.derive_sync, plan, formulas, answers)
 

@@ -53,6 +53,9 @@ class Services:
         if not registry.by_property:
             logger.error("no model loaded from %s: %s", settings.models_dir, registry.failures)
 
+        # A bad hull reference stops the start-up here, with the row that is wrong, before anything
+        # that would need stopping (batchers, the database engine) has started.
+        stability = await asyncio.to_thread(load_stability, settings, registry)
         engine = make_engine(settings.database_url)
         try:
             await asyncio.to_thread(create_schema, engine)
@@ -79,8 +82,6 @@ class Services:
         }
         for batcher in batchers.values():
             batcher.start()
-        # A bad hull reference stops the start-up here, with the row that is wrong.
-        stability = await asyncio.to_thread(load_stability, settings, registry)
         predictor = Predictor(
             registry,
             store,

@@ -19,7 +19,14 @@ from app.errors import DomainError
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.screening.spec import PropertyFilter, ScreenRequest
 from app.screening.stoichiometry import StoichiometryEncoder
-from app.stability.assess import DERIVED_COLUMNS, E_ABOVE_HULL, SOURCE_PROPERTY, UNIT, StabilityAssessor
+from app.stability.assess import (
+    DERIVED_COLUMNS,
+    E_ABOVE_HULL,
+    SOURCE_PROPERTY,
+    UNIT,
+    StabilityAssessor,
+    models_to_run,
+)
 
 
 @dataclass
@@ -85,23 +92,10 @@ class ScreenModels:
         max_formula_length: int = MAX_FORMULA_LENGTH,
         stability: StabilityAssessor | None = None,
     ) -> ScreenModels:
-        derived = {E_ABOVE_HULL, *DERIVED_COLUMNS}
-        derivable = stability is not None and SOURCE_PROPERTY in registry.by_property
-        asked = properties is None or any(name in derived for name in properties)
-        if properties is not None and not derivable:
-            for name in properties:
-                if name in derived:
-                    raise DomainError(
-                        "unknown_property",
-                        f"property {name!r} needs the {SOURCE_PROPERTY} model and a hull reference, "
-                        "which this service does not have",
-                        property=name,
-                        available=sorted(registry.by_property),
-                    )
-        to_run = None if properties is None else [name for name in properties if name not in derived]
-        if derivable and asked and to_run is not None and SOURCE_PROPERTY not in to_run:
-            to_run.append(SOURCE_PROPERTY)
-        return cls(registry.resolve(to_run), max_formula_length, stability if derivable and asked else None)
+        to_run, wanted = models_to_run(
+            properties, registry.by_property, stability is not None, (E_ABOVE_HULL, *DERIVED_COLUMNS)
+        )
+        return cls(registry.resolve(to_run), max_formula_length, stability if wanted else None)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """What a job records about each model, so its results name the model that made them."""
@@ -142,19 +136,19 @@ class ScreenModels:
         uncertainties: dict[str, np.ndarray],
         keys: Sequence[str | None],
         hull_energy: np.ndarray,
+        element_counts: np.ndarray,
     ) -> None:
         """e_above_hull, p_stable and known from the source model's columns and the hull energies."""
         assert self.stability is not None and self.source is not None
         predicted = values[self.source.property]
         sigma = uncertainties[self.source.property]
-        above, probability = self.stability.above_hull(predicted, sigma, hull_energy)
-        values[E_ABOVE_HULL], uncertainties[E_ABOVE_HULL] = above, np.where(np.isfinite(above), sigma, np.nan)
-        values["p_stable"], uncertainties["p_stable"] = probability, np.full(len(above), np.nan)
-        known = np.array(
-            [key is not None and self.stability.reference.energy_of(key) is not None for key in keys]
+        above, probability = self.stability.above_hull(predicted, sigma, hull_energy, element_counts)
+        values[E_ABOVE_HULL] = above
+        uncertainties[E_ABOVE_HULL] = np.where(
+            element_counts == 1, 0.0, np.where(np.isfinite(above), sigma, np.nan)
         )
-        values["known"] = np.where(np.isfinite(above), known.astype(np.float64), np.nan)
-        uncertainties["known"] = np.full(len(above), np.nan)
+        values["p_stable"], uncertainties["p_stable"] = probability, np.full(len(above), np.nan)
+        values["known"], uncertainties["known"] = self.stability.known(keys), np.full(len(above), np.nan)
 
     def predict_amounts(
         self, encoder: StoichiometryEncoder, amounts: np.ndarray, first_row: int
@@ -163,9 +157,8 @@ class ScreenModels:
         keys = encoder.keys(amounts)
         values, uncertainties = self.predict_batch(encoder.batch(amounts))
         if self.stability is not None:
-            # Every row of an enumeration lies in its chemical system: one hull serves them all.
             hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
-            self.add_stability(values, uncertainties, keys, hull_energy)
+            self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1))
         return ChunkResult(
             row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),
             formulas=keys,
@@ -203,7 +196,8 @@ class ScreenModels:
             if self.stability is not None:
                 hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
                 keys = [formula.canonical_key for formula in parsed]
-                self.add_stability(got_values, got_uncertainties, keys, hull_energy)
+                counts = np.array([len(formula.elements) for formula in parsed])
+                self.add_stability(got_values, got_uncertainties, keys, hull_energy, counts)
             for name in self.properties:
                 values[name][valid] = got_values[name]
                 uncertainties[name][valid] = got_uncertainties[name]

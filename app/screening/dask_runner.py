@@ -47,14 +47,17 @@ class ModelSpec:
     intra_op_threads: int | None = None  # None: the worker's CPUs shared by its task threads
     prefer_int8_on_cpu: bool = False
     max_formula_length: int = 256
-    # e_above_hull: the hull reference the workers load ("" = the shipped one), None = no stability
+    # e_above_hull: the hull reference the workers load ("" = the shipped one), None = no stability,
+    # and its sha256: a worker with another file under that path refuses instead of ranking on it
     hull_reference: str | None = None
+    hull_reference_sha256: str | None = None
 
     @classmethod
     def of(cls, models: ScreenModels, models_dir: Path, **options: Any) -> ModelSpec:
         versions = tuple((model.property, model.version) for model in models.models)
-        if models.stability is not None and "hull_reference" not in options:
-            options["hull_reference"] = ""
+        if models.stability is not None:
+            options.setdefault("hull_reference", "")
+            options["hull_reference_sha256"] = models.stability.reference.sha256
         return cls(str(models_dir), tuple(models.properties), versions, **options)
 
 
@@ -93,6 +96,12 @@ def worker_models(spec: ModelSpec) -> ScreenModels:
             stability = None
             if spec.hull_reference is not None:
                 reference = load_reference(Path(spec.hull_reference) if spec.hull_reference else None)
+                if reference.sha256 != spec.hull_reference_sha256:
+                    raise RuntimeError(
+                        f"the hull reference {spec.hull_reference or 'shipped'} on this worker has sha256 "
+                        f"{reference.sha256[:12]}, the client's {str(spec.hull_reference_sha256)[:12]}: "
+                        "give every worker the same file (an absolute path)"
+                    )
                 stability = StabilityAssessor(reference)
             models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length, stability)
             found = tuple((model.property, model.version) for model in models.models)

@@ -10,12 +10,13 @@ hull there would be the bare elements, not a comparison with known compounds) an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from app.errors import DomainError
 from app.stability.hull import HullCache
 from app.stability.reference import HullReference
 
@@ -27,6 +28,43 @@ UNIT = "eV/atom"
 # Columns a screen carries beside e_above_hull (sortable and filterable like properties):
 # the probability of being stable, and 1.0 where the composition is in the reference.
 DERIVED_COLUMNS = ("p_stable", "known")
+# The largest chemical system a hull is built for. PhaseDiagram's cost grows steeply with the
+# dimension: the shipped reference's largest 8-element system (1,079 compounds) takes 3.4 s, a
+# 12-element one minutes. 17 of its 85,014 compounds have 8 or 9 elements.
+MAX_HULL_ELEMENTS = 8
+
+
+def models_to_run(
+    properties: Sequence[str] | None,
+    served: Collection[str],
+    stability_available: bool,
+    derived_names: Collection[str] = (E_ABOVE_HULL,),
+) -> tuple[list[str] | None, bool]:
+    """(the model properties to run, whether stability is computed) for a request's properties.
+
+    The one rule for /predict and screens: stability is computed when asked for (or when every
+    property is), its source model then runs too, and asking for it where it cannot be computed
+    is an unknown property that says what is missing. Screens also accept its columns
+    (``derived_names`` with DERIVED_COLUMNS) as names to rank and filter by.
+    """
+    available = stability_available and SOURCE_PROPERTY in served
+    asked = [name for name in properties or () if name in derived_names]
+    if asked and not available:
+        lacking = "hull reference" if SOURCE_PROPERTY in served else f"{SOURCE_PROPERTY} model"
+        raise DomainError(
+            "unknown_property",
+            f"property {asked[0]!r} needs the {SOURCE_PROPERTY} model and a hull reference; "
+            f"this service has no {lacking}",
+            property=asked[0],
+            available=sorted(served),
+        )
+    wanted = available and (properties is None or bool(asked))
+    if properties is None:
+        return None, wanted
+    to_run = [name for name in properties if name not in derived_names]
+    if wanted and SOURCE_PROPERTY not in to_run:
+        to_run.append(SOURCE_PROPERTY)
+    return to_run, wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,37 +111,78 @@ class StabilityAssessor:
         self._described = reference.describe()
         self._elements = reference.elements
 
-    def outside(self, elements: frozenset[str]) -> list[str]:
-        return sorted(elements - self._elements)
-
     def hull_ready(self, systems: Sequence[frozenset[str]]) -> bool:
         """Whether every system's hull is already built (then assessing is cheap enough inline)."""
         return all(self.hulls.has(system) for system in systems)
 
+    def why_not(self, system: frozenset[str]) -> dict[str, Any] | None:
+        """Why a composition of ``system`` gets no e_above_hull (an error body), or None if it does.
+
+        The one place the two rules live: every element must be in some reference compound (else
+        the hull would be the bare elements), and at most MAX_HULL_ELEMENTS elements (a hull's cost
+        grows steeply with its dimension: 12 elements took minutes).
+        """
+        missing = sorted(system - self._elements)
+        if missing:
+            return {
+                "code": "outside_hull_reference",
+                "message": f"no compound of the hull reference contains {', '.join(missing)}",
+                "elements": missing,
+            }
+        if len(system) > MAX_HULL_ELEMENTS:
+            return {
+                "code": "too_many_elements_for_hull",
+                "message": f"{len(system)} elements; hulls are built for at most {MAX_HULL_ELEMENTS}",
+                "limit": MAX_HULL_ELEMENTS,
+            }
+        return None
+
     def hull_energies(self, amounts: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """The reference hull's energy at each composition (NaN where an element is outside it).
+        """The reference hull's energy at each composition (NaN where there is none: ``why_not``).
 
         Rows are grouped by chemical system, so each system's hull is evaluated once per call.
         """
         return self._hull_energies_and_facets(amounts)[0]
 
     def hull_energy_matrix(self, elements: Sequence[str], amounts: np.ndarray) -> np.ndarray:
-        """Hull energies of amount rows [n, len(elements)] of one chemical system (an enumeration)."""
-        system = frozenset(elements)
-        if not system <= self._elements:
-            return np.full(len(amounts), np.nan)
-        hull = self.hulls.get(system)
-        columns = [list(elements).index(element) for element in hull.elements]
-        counts = np.asarray(amounts, dtype=np.float64)[:, columns]
-        return hull.energy(counts / counts.sum(axis=1, keepdims=True))[0]
+        """Hull energies of amount rows [n, len(elements)] (an enumeration of one chemical system).
+
+        Rows are grouped by which elements they hold, each group on its own sub-system's hull, so
+        a row answers exactly what /predict answers for the same composition.
+        """
+        amounts = np.asarray(amounts, dtype=np.float64)
+        energies = np.full(len(amounts), np.nan)
+        patterns, group = np.unique(amounts > 0, axis=0, return_inverse=True)
+        for index, pattern in enumerate(patterns):
+            system = frozenset(element for element, present in zip(elements, pattern, strict=True) if present)
+            if self.why_not(system) is not None:
+                continue
+            rows = np.flatnonzero(group.reshape(-1) == index)
+            hull = self.hulls.get(system)
+            columns = [list(elements).index(element) for element in hull.elements]
+            counts = amounts[np.ix_(rows, columns)]
+            energies[rows] = hull.energy(counts / counts.sum(axis=1, keepdims=True))[0]
+        return energies
 
     @staticmethod
     def above_hull(
-        predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray
+        predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray, elements: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(e_above_hull, p_stable) from predicted energies, their sigma and the hull energies."""
+        """(e_above_hull, p_stable) from predicted energies, their sigma and the hull energies.
+
+        ``elements``: element count per row. A pure element is the hull's own terminal point, 0 by
+        definition and certainly on the hull, whatever a model predicts for it.
+        """
         above = np.asarray(predicted, dtype=np.float64) - hull_energy
-        return above, p_stable(above, np.asarray(sigma, dtype=np.float64))
+        probability = p_stable(above, np.asarray(sigma, dtype=np.float64))
+        element = (np.asarray(elements) == 1) & np.isfinite(hull_energy)
+        return np.where(element, 0.0, above), np.where(element, 1.0, probability)
+
+    def known(self, keys: Sequence[str | None]) -> np.ndarray:
+        """1.0 where the composition is in the reference (elements always are), else 0.0."""
+        return np.array(
+            [key is not None and self.reference.energy_of(key) is not None for key in keys], float
+        )
 
     def _hull_energies_and_facets(
         self, amounts: Sequence[Mapping[str, float]]
@@ -115,7 +194,7 @@ class StabilityAssessor:
         for row, composition in enumerate(amounts):
             groups.setdefault(frozenset(composition), []).append(row)
         for system, rows in groups.items():
-            if not system <= self._elements:
+            if self.why_not(system) is not None:
                 continue
             hull = self.hulls.get(system)
             energies[rows], facets[rows] = hull.energy(hull.fractions([amounts[row] for row in rows]))
@@ -133,49 +212,33 @@ class StabilityAssessor:
             [np.nan if s.uncertainty is None else s.uncertainty for s in sources], dtype=np.float64
         )
         hull_energy, facets = self._hull_energies_and_facets(amounts)
-        above, probability = self.above_hull(predicted, sigma, hull_energy)
+        sizes = np.array([len(composition) for composition in amounts])
+        above, probability = self.above_hull(predicted, sigma, hull_energy, sizes)
+        known = self.known(keys)
         answers: list[StabilityPrediction] = []
-        for row, (key, composition, source) in enumerate(zip(keys, amounts, sources, strict=True)):
-            known = self.reference.energy_of(key) is not None
-            missing = self.outside(frozenset(composition))
-            if missing or not math.isfinite(above[row]):
-                error = None
-                if missing:
-                    error = {
-                        "code": "outside_hull_reference",
-                        "message": f"no compound of the hull reference contains {', '.join(missing)}",
-                        "elements": missing,
-                    }
-                answers.append(
-                    StabilityPrediction(
-                        None,
-                        UNIT,
-                        source.model,
-                        source.version,
-                        None,
-                        source.cached,
-                        None,
-                        None,
-                        known,
-                        self._described,
-                        error,
-                    )
-                )
-                continue
-            hull = self.hulls.get(frozenset(composition))
-            fractions = hull.fractions([composition])[0]
-            answers.append(
-                StabilityPrediction(
+        for row, (composition, source) in enumerate(zip(amounts, sources, strict=True)):
+            answer = StabilityPrediction(
+                value=None,
+                unit=UNIT,
+                model=source.model,
+                version=source.version,
+                uncertainty=None,
+                cached=source.cached,
+                p_stable=None,
+                decomposition=None,
+                known=bool(known[row]),
+                reference=self._described,
+                error=self.why_not(frozenset(composition)),
+            )
+            if math.isfinite(above[row]):
+                hull = self.hulls.get(frozenset(composition))
+                fractions = hull.fractions([composition])[0]
+                answer = replace(
+                    answer,
                     value=float(above[row]),
-                    unit=UNIT,
-                    model=source.model,
-                    version=source.version,
-                    uncertainty=source.uncertainty,
-                    cached=source.cached,
+                    uncertainty=0.0 if sizes[row] == 1 else source.uncertainty,
                     p_stable=float(probability[row]),
                     decomposition=hull.decomposition(fractions, int(facets[row])),
-                    known=known,
-                    reference=self._described,
                 )
-            )
+            answers.append(answer)
         return answers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from app.chemistry.formula import parse_formula
 from app.inference.results import PropertyPrediction
-from app.stability.assess import StabilityAssessor, p_stable
+from app.stability.assess import MAX_HULL_ELEMENTS, StabilityAssessor, p_stable
 from app.stability.hull import build_hull
 from app.stability.reference import HullReferenceError, load_reference
 
@@ -24,7 +26,8 @@ def test_a_two_element_hull_matches_the_one_drawn_on_paper(paper_reference):
     assessor = StabilityAssessor(reference)
     parsed = [parse_formula(text) for text in ("Li2O2", "LiO2", "Li2O", "Li")]
     # Li2O2 predicted at its reference energy (above the hull), LiO2 below the hull (-1.0 there on
-    # paper: Li2O -> O), Li2O on it, Li above its own 0.
+    # paper: Li2O -> O), Li2O on it, and Li, whose model prediction (0.05) does not count: an
+    # element is the hull's terminal point, 0 by definition.
     predicted = [source(-1.4), source(-1.2), source(-2.0), source(0.05)]
     answers = assessor.assess([p.canonical_key for p in parsed], [p.amount_dict for p in parsed], predicted)
     above, below, on, element = answers
@@ -36,7 +39,8 @@ def test_a_two_element_hull_matches_the_one_drawn_on_paper(paper_reference):
     assert below.p_stable > 0.97 and above.p_stable < 0.2
     assert on.value == pytest.approx(0.0, abs=1e-12) and on.decomposition == pytest.approx({"Li2O": 1.0})
     assert on.p_stable == pytest.approx(0.5) and on.known is True
-    assert element.value == pytest.approx(0.05) and element.decomposition == pytest.approx({"Li": 1.0})
+    assert element.value == 0.0 and element.p_stable == 1.0 and element.uncertainty == 0.0
+    assert element.decomposition == pytest.approx({"Li": 1.0}) and element.known is True
     assert all(
         answer.reference == {"name": "li-o.csv", "sha256": reference.sha256[:12]} for answer in answers
     )
@@ -53,6 +57,43 @@ def test_the_hull_ignores_compounds_of_other_systems_and_can_leave_one_out(paper
     energy, _ = without_li2o.energy(without_li2o.fractions([{"Li": 2, "O": 1}]))
     # Li2O removed: the hull at x_O = 1/3 runs Li -> Li2O2 (1/2, -1.4): -1.4 * (1/3) / (1/2)
     assert energy[0] == pytest.approx(-1.4 * 2 / 3)
+
+
+def test_an_enumeration_row_gets_what_predict_gets_even_beside_an_element_outside_the_reference(
+    paper_reference,
+):
+    assessor = StabilityAssessor(load_reference(paper_reference))
+    rows = [{"Li": 2, "O": 1}, {"Li": 1, "O": 1}, {"Li": 1, "Na": 1}, {"O": 1}]
+    per_row = assessor.hull_energies(rows)
+    matrix = assessor.hull_energy_matrix(
+        ["Li", "O", "Na"], np.array([[2, 1, 0], [1, 1, 0], [1, 0, 1], [0, 1, 0]])
+    )
+    assert np.array_equal(np.isnan(per_row), np.isnan(matrix)) and np.isnan(matrix[2])
+    assert matrix[~np.isnan(matrix)] == pytest.approx(per_row[~np.isnan(per_row)])
+    assert matrix[:2] == pytest.approx([-2.0, -1.5])
+
+
+def test_a_system_past_the_element_limit_gets_a_reason_not_a_hull(paper_reference):
+    reference = load_reference(paper_reference)
+    assessor = StabilityAssessor(reference)
+    many = {element: 1 for element in ("Li", "O", "Na", "K", "Mg", "Ca", "Fe", "Co", "Ni", "Cu", "Zn", "S")}
+    reason = assessor.why_not(frozenset(many))
+    assert reason["code"] == "outside_hull_reference"  # checked first: these are not in Li-O
+    wide = StabilityAssessor(load_reference_with(reference, many))
+    started = time.perf_counter()
+    (answer,) = wide.assess(["x"], [many], [source(-1.0)])
+    assert answer.value is None and answer.error["code"] == "too_many_elements_for_hull"
+    assert answer.error["limit"] == MAX_HULL_ELEMENTS and time.perf_counter() - started < 1.0
+    assert np.isnan(wide.hull_energies([many])[0])
+
+
+def load_reference_with(reference, elements: dict) -> object:
+    """The reference plus one binary compound per extra element, so every element is covered."""
+    rows = [f"{key},{energy}" for key, energy in zip(reference.keys, reference.energies, strict=True)]
+    rows += [f"{element}O,-1.0" for element in elements if element not in {"Li", "O"}]
+    path = Path(tempfile.mkdtemp()) / "wide.csv"
+    path.write_text("formula,formation_energy\n" + "\n".join(rows) + "\n")
+    return load_reference(path)
 
 
 def test_a_formula_outside_the_references_elements_gets_no_value_and_says_why(paper_reference):

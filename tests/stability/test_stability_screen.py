@@ -10,13 +10,16 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
+import ibrnet
 from app.chemistry.formula import parse_formula
 from app.stability.assess import StabilityAssessor
 from app.stability.reference import load_reference
 from tests.api.harness import serve
 from tests.screening.helpers import screen_settings, wait_for
+from tests.server_process import ibrnet_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +49,8 @@ async def test_a_chemsys_screen_ranks_by_e_above_hull_and_builds_the_predicted_h
             row["predictions"]["formation_energy_mp"]["value"]
             - assessor.hull_energies([parsed.amount_dict])[0]
         )
+        if row["composition"] in {"Li", "O"}:  # the hull's terminal points: 0, whatever the model says
+            expected = 0.0
         assert stability["value"] == pytest.approx(expected, abs=1e-9)
         assert 0 <= stability["p_stable"] <= 1 and stability["reference"]["name"] == "li-o.csv"
         assert stability["known"] is (row["composition"] in {"Li2O", "LiO", "O", "Li"})  # elements are known
@@ -129,3 +134,23 @@ def test_ibrnet_predict_answers_e_above_hull_in_process(mp_models_dir, paper_ref
     stability = predictions["e_above_hull"]
     assert stability["value"] == pytest.approx(predictions["formation_energy_mp"]["value"] + 1.5, abs=1e-6)
     assert stability["decomposition"] == {"Li2O": 0.75, "O2": 0.25} and stability["known"] is True
+
+
+def test_the_python_client_gives_stability_columns_for_predictions_and_screens(
+    mp_models_dir, paper_reference, tmp_path
+):
+    env = {"IBRNET_HULL_REFERENCE": str(paper_reference), "IBRNET_SCREEN_CHUNK_SIZE": "50"}
+    with (
+        ibrnet_serve(mp_models_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path, env=env) as (base, _),
+        ibrnet.Client(base) as client,
+    ):
+        frame = client.predict(["Li2O2", "NaCl"], progress=False)
+        screened = client.screen(chemsys="Li-O", max_atoms=4, sort_by="p_stable", progress=False)
+    assert frame.loc[0, "e_above_hull_p_stable"] > 0 and frame.loc[0, "e_above_hull_known"] == True  # noqa: E712
+    assert frame.loc[0, "e_above_hull_decomposition"] == {"Li2O": 0.75, "O2": 0.25}
+    assert (
+        pd.isna(frame.loc[1, "e_above_hull"])
+        and frame.loc[1, "e_above_hull_error"]["code"] == "outside_hull_reference"
+    )
+    assert "p_stable" not in screened.columns and screened["e_above_hull_p_stable"].notna().all()
+    assert list(screened["e_above_hull_p_stable"]) == sorted(screened["e_above_hull_p_stable"])

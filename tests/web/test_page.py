@@ -97,6 +97,7 @@ def test_a_pasted_list_gives_one_row_per_formula_in_order(page, server, screensh
     table = list(csv.DictReader(io.StringIO(path.read_text())))
     assert [row["formula"] for row in table] == formulas
     assert table[1]["error_code"] == "unknown_element" and table[0]["volume_per_atom_uncertainty"]
+    assert {"p_stable", "known", "decomposition"} <= set(table[0])  # e_above_hull's own fields
 
 
 def test_a_csv_upload_is_predicted_like_a_pasted_list(page, tmp_path):

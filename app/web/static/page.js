@@ -24,7 +24,9 @@ window.addEventListener("unhandledrejection", (event) => notice(event.reason));
 // -- start-up: which properties are served, and the request limits ---------------------------
 
 async function start() {
-  const [models, limits] = await Promise.all([apiJson("/models"), apiJson("/limits")]);
+  // One after the other: where keys are required, the first call's 401 asks for the key once.
+  const models = await apiJson("/models");
+  const limits = await apiJson("/limits");
   // Served properties: each model's, then the derived ones (e_above_hull from the MP model).
   state.models = [...models.models, ...(models.derived ?? [])];
   // Columns a screen can rank by besides properties (p_stable); "known" is a flag, not a ranking.

@@ -69,7 +69,8 @@ function rowElement({ row, index }, properties) {
   cells.push(el("td", {}, el("code", {}, row.composition)));
   for (const property of properties) {
     const p = row.predictions[property];
-    const text = p ? formatNumber(p.value) + (p.uncertainty == null ? "" : ` ± ${formatNumber(p.uncertainty)}`) : "";
+    let text = p ? formatNumber(p.value) + (p.uncertainty == null ? "" : ` ± ${formatNumber(p.uncertainty)}`) : "";
+    if (p?.p_stable != null) text += ` · P ${formatNumber(p.p_stable)}${p.known ? " · known" : ""}`;
     cells.push(el("td", { class: "num", "data-property": property, "data-value": p?.value ?? "" }, text));
   }
   cells.push(el("td", {}, ""));
@@ -82,7 +83,12 @@ export function resultsCsv(rows) {
   const units = {};
   for (const row of rows) for (const [name, p] of Object.entries(row.predictions ?? {})) units[name] = p.unit;
   const header = ["index", "formula", "composition"];
-  for (const p of properties) header.push(`${p} (${units[p]})`, `${p}_uncertainty`);
+  // Stability answers carry fields of their own: they get columns too, as in the service's CSV.
+  const stability = properties.filter((p) => rows.some((row) => row.predictions?.[p]?.p_stable !== undefined));
+  for (const p of properties) {
+    header.push(`${p} (${units[p]})`, `${p}_uncertainty`);
+    if (stability.includes(p)) header.push("p_stable", "known", "decomposition");
+  }
   header.push("error_code", "error_message");
   const lines = [header.map(csvText).join(",")];
   rows.forEach((row, position) => {
@@ -90,6 +96,10 @@ export function resultsCsv(rows) {
     for (const p of properties) {
       const prediction = row.predictions?.[p];
       cells.push(csvNumber(prediction?.value), csvNumber(prediction?.uncertainty));
+      if (stability.includes(p)) {
+        const phases = Object.entries(prediction?.decomposition ?? {}).map(([phase, share]) => `${share} ${phase}`);
+        cells.push(csvNumber(prediction?.p_stable), prediction ? String(Boolean(prediction.known)) : "", csvText(phases.join(" + ")));
+      }
     }
     cells.push(csvText(row.error?.code ?? ""), csvText(row.error?.message ?? ""));
     lines.push(cells.join(","));
