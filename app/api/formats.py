@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 from starlette.responses import Response
 
+from app.api.spreadsheet import defused
 from app.errors import DomainError
 from app.inference.predictor import ItemError, PredictionResult, Result
 from app.stability.assess import E_ABOVE_HULL, StabilityPrediction
@@ -96,9 +97,10 @@ def csv_header(properties: Sequence[str]) -> list[str]:
 def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
     if isinstance(result, ItemError):
         width = len(csv_header(properties)) - 4
-        return [result.formula, "", *([""] * width), result.error.code, result.error.message]
+        error = result.error
+        return [defused(result.formula), "", *([""] * width), error.code, defused(error.message)]
     assert isinstance(result, PredictionResult)
-    row: list[Any] = [result.formula, result.composition]
+    row: list[Any] = [defused(result.formula), result.composition]
     for name in properties:
         p = result.predictions[name]
         row += [

@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from app.api.formats import json_response, preferred
+from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from app.screening.enumerate import parse_chemsys
@@ -382,7 +383,7 @@ async def _csv_stream(jobs: JobStore, job: Job, properties: list[str]) -> AsyncI
 
 def _csv_bytes(table: Any, header: bool) -> bytes:
     buffer = io.BytesIO()
-    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=header))
+    pa_csv.write_csv(defused_table(table), buffer, pa_csv.WriteOptions(include_header=header))
     return buffer.getvalue()
 
 
