@@ -57,6 +57,7 @@ from typing import Any
 from pymatgen.core.periodic_table import Element
 
 from app.errors import DomainError
+from app.memo import BytesBoundedMemo
 
 MAX_FORMULA_LENGTH = 256
 
@@ -506,14 +507,17 @@ def _odd_token(text: str, position: int) -> _Token:
 # sequence := (element [amount] | OPEN sequence CLOSE [multiplier])+
 
 
-@lru_cache(maxsize=1 << 15)
-def _parse_cached(text: str) -> ParsedFormula:
+def _parse_text(text: str) -> ParsedFormula:
     stripped = text.strip()
     totals = _parse_plain(stripped)
     if totals is None:  # the full parser reads the text as given, so positions index into it
         totals = _Parser(text, _tokenize(text)).parse()
     _check_final_amounts(totals)
     return _build(stripped, totals)
+
+
+# Valid formulas only (a refusal raises, and exceptions are not kept), bounded in bytes of text.
+_parse_cached = BytesBoundedMemo(_parse_text, 16 * 1024 * 1024, lambda text: text)
 
 
 # Most real formulas are plain element-amount runs ("Ta2Te1Zr1", "Li0.5Fe0.5PO4"): read those with

@@ -27,6 +27,7 @@ from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.inference.results import ItemError, PredictionResult, PropertyPrediction, Result
+from app.memo import BytesBoundedMemo
 from app.stability.assess import E_ABOVE_HULL, SOURCE_PROPERTY, StabilityAssessor, models_to_run
 from app.store.predictions import PredictionStore
 from app.store.writer import CacheWriter
@@ -51,8 +52,9 @@ PIPELINE_DEPTH = 4
 # Chunks up to this size are parsed on the event loop; larger ones in a thread, so that a big
 # batch never stalls the single-formula requests sharing the loop for long.
 INLINE_PARSE_LIMIT = 32
-# Repeated formulas (dashboards, retries, warm caches) skip the parser; bounded memory.
-PARSE_MEMO_SIZE = 65_536
+# Repeated formulas (dashboards, retries, warm caches) skip the parser: a memo bounded in bytes of
+# formula text (app/memo.py), so refused megabyte-long formulas cannot fill the memory.
+PARSE_MEMO_BYTES = 32 * 1024 * 1024
 # Rows assessed for stability on the event loop when their hulls are built (~30 µs each); more go
 # to a thread.
 INLINE_DERIVE_LIMIT = 32
@@ -108,7 +110,7 @@ class Predictor:
         self.batchers = dict(batchers or {})
         self.max_formula_length = max_formula_length
         self.stability = stability
-        self._parse = lru_cache(maxsize=PARSE_MEMO_SIZE)(self._parse_uncached)
+        self._memo = BytesBoundedMemo(self._parse_uncached, PARSE_MEMO_BYTES, lambda text, _: text)
         self._plans = lru_cache(maxsize=256)(self._plan_uncached)
         # Metric children resolved once (.labels() takes a lock and a dict lookup on every call).
         hits = self.metrics.cache_hits
@@ -313,6 +315,12 @@ class Predictor:
             if isinstance(item, DomainError):
                 self.metrics.formula_errors.labels(code=item.code).inc()
         return parsed
+
+    def _parse(self, text: str, allowed: frozenset[str]) -> ParsedFormula | DomainError:
+        # A text over the length limit is refused at once: nothing to save by keeping it.
+        if len(text) > self.max_formula_length:
+            return self._parse_uncached(text, allowed)
+        return self._memo(text, allowed)
 
     def _parse_uncached(self, text: str, allowed: frozenset[str]) -> ParsedFormula | DomainError:
         try:
