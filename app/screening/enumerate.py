@@ -79,8 +79,20 @@ class ChemicalSpace:
         return range(1 if self.include_subsystems else width, width + 1)
 
     def subset_count(self, size: int) -> int:
-        """Compositions of ONE subset of ``size`` elements (the same for every such subset)."""
-        return sum(primitive_count(total, size) for total in range(size, self.max_atoms + 1))
+        """Compositions of ONE subset of ``size`` elements (the same for every such subset).
+
+        Closed form, so that a refused enumeration costs microseconds, not seconds (an 86-element
+        space with max_atoms 1000 took 1.7 s of CPU before its 413): summing the Möbius inversion
+        of ``primitive_count`` over totals n <= N, the inner sums are hockey sticks,
+        sum_{m <= N/d} C(m - 1, size - 1) = C(N // d, size), so the count is
+        sum_{d} mu(d) C(N // d, size) over d <= N / size.
+        """
+        mobius = _mobius_table(self.max_atoms)
+        return sum(
+            mobius[d] * comb(self.max_atoms // d, size)
+            for d in range(1, self.max_atoms // size + 1)
+            if mobius[d]
+        )
 
     def count(self) -> int:
         """Closed form: sum over subset sizes j of C(k, j) x (compositions of one j-subset)."""
@@ -205,6 +217,23 @@ def _coprime_count(prefix_gcd: int, total: int, parts: int) -> int:
         for divisor in range(1, common + 1)
         if common % divisor == 0 and _mobius(divisor)
     )
+
+
+@lru_cache(maxsize=8)
+def _mobius_table(limit: int) -> tuple[int, ...]:
+    """mu(0..limit) by a sieve (mu(0) unused)."""
+    mobius = [1] * (limit + 1)
+    prime = [True] * (limit + 1)
+    for p in range(2, limit + 1):
+        if prime[p]:
+            for multiple in range(p, limit + 1, p):
+                if multiple > p:
+                    prime[multiple] = False
+                mobius[multiple] = -mobius[multiple]
+            for multiple in range(p * p, limit + 1, p * p):
+                mobius[multiple] = 0
+    mobius[0] = 0
+    return tuple(mobius)
 
 
 def _mobius(n: int) -> int:
