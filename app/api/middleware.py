@@ -11,7 +11,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response, record_failure, route_label
+from app.api.errors import client_disconnected, error_response, record_failure, route_label
 from app.inference.metrics import ServiceMetrics
 
 
@@ -44,6 +44,9 @@ class ServiceMiddleware:
                 if body is None:
                     await self._too_large(scope, send_and_watch)
                     return
+                if body is _DISCONNECTED:  # the client left mid-body: nothing to answer
+                    await client_disconnected(scope)(scope, _no_body, send_and_watch)
+                    return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_and_watch)
         finally:
@@ -52,13 +55,13 @@ class ServiceMiddleware:
             self.metrics.http_request_seconds.labels(route=route).observe(time.perf_counter() - started)
 
     async def _read_bounded(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit."""
+        """The whole body, None as soon as it passes the limit, or _DISCONNECTED if the client left."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # client disconnected
-                return b"".join(chunks)
+            if message["type"] != "http.request":  # client disconnected: a partial body is no body
+                return _DISCONNECTED
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -80,6 +83,10 @@ class ServiceMiddleware:
             headers={"Connection": "close"},
         )
         await response(scope, _no_body, send)
+
+
+# What _read_bounded returns for a client that disconnected before its body ended.
+_DISCONNECTED = b"\x00disconnected"
 
 
 def _content_length(scope: Scope) -> int | None:
