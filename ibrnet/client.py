@@ -386,6 +386,12 @@ class ScreenJob:
         self._view = _json(self._client._request("DELETE", self._path))
         return self._view
 
+    def delete(self) -> None:
+        """DELETE /screen/{id}?purge=true: remove a stopped job and its rows from the service
+        (ServiceError ``job_running`` while it runs: ``cancel()`` it first). The service also
+        deletes stopped jobs by itself after its retention period (IBRNET_SCREEN_RETENTION_HOURS)."""
+        _json(self._client._request("DELETE", self._path, params={"purge": "true"}))
+
     def wait(
         self, *, progress: bool = True, poll_interval: float = 2.0, timeout: float | None = None
     ) -> pd.DataFrame:

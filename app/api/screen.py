@@ -155,9 +155,24 @@ async def status(job_id: str, request: Request) -> Response:
 
 
 @router.delete("/screen/{job_id}", responses={**_NO_JOB, **_FINISHED})
-async def cancel(job_id: str, request: Request) -> Response:
-    """Cancel a queued or running job; the runner stops at its next chunk (rows so far are kept)."""
+async def cancel(
+    job_id: str,
+    request: Request,
+    purge: Annotated[bool, Query(description="delete a stopped job and its rows")] = False,
+) -> Response:
+    """Cancel a queued or running job; the runner stops at its next chunk (rows so far are kept).
+
+    With `?purge=true`, delete a stopped job (succeeded, failed or cancelled) and its rows.
+    Stopped jobs are also deleted IBRNET_SCREEN_RETENTION_HOURS after they stop."""
     job = await _job(request, job_id)
+    if purge:
+        if job.status not in FINISHED:
+            raise JobFinished(
+                "job_running", f"job {job_id} is {job.status}: cancel it first, then purge it", id=job_id
+            )
+        if not await _store(_jobs(request).delete, job_id):
+            raise NotFoundError("job_not_found", f"no screening job {job_id!r}", id=job_id)
+        return json_response({"id": job_id, "status": "deleted"})
     if job.status in FINISHED - {"cancelled"}:
         raise JobFinished("job_finished", f"job {job_id} already {job.status}", id=job_id, status=job.status)
     cancelled = await _store(_jobs(request).cancel, job_id)

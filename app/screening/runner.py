@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # How often an idle runner looks for work that other processes queued (its own submissions wake
 # it at once) and for jobs whose runner died.
 IDLE_POLL_S = 1.0
+# How often stopped jobs past the retention period are looked for.
+SWEEP_S = 600.0
 # Waits between attempts while the database is unreachable (doubling up to the last).
 STORE_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -52,9 +54,12 @@ class ScreeningRunner:
         max_formula_length: int = 256,
         nice: int = 10,
         stability: StabilityAssessor | None = None,
+        retention_s: float = 0.0,
     ) -> None:
         self.jobs = jobs
         self.stability = stability
+        self.retention_s = retention_s
+        self._next_sweep = 0.0
         self.chunk_size = chunk_size
         self.lease_s = lease_s
         self.pause_s = pause_s
@@ -93,6 +98,7 @@ class ScreeningRunner:
             max_formula_length=settings.max_formula_length,
             nice=settings.screen_nice,
             stability=stability,
+            retention_s=settings.screen_retention_hours * 3600.0,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -123,6 +129,7 @@ class ScreeningRunner:
         failures = 0
         while not self._stopping.is_set():
             try:
+                self._sweep()
                 job = self.jobs.claim(self.owner, self.lease_s)
                 failures = 0
             except StoreUnavailable as error:
@@ -207,6 +214,16 @@ class ScreeningRunner:
                     "while the job was queued or running; submit the screen again",
                 )
         return models
+
+    def _sweep(self) -> None:
+        """Delete jobs stopped longer ago than the retention period (at most every SWEEP_S)."""
+        now = time.time()
+        if self.retention_s <= 0 or now < self._next_sweep:
+            return
+        self._next_sweep = now + min(SWEEP_S, self.retention_s)
+        expired = self.jobs.expire(now - self.retention_s)
+        if expired:
+            logger.info("screening: deleted %d job(s) past the retention period", len(expired))
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         try:

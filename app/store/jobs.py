@@ -194,6 +194,27 @@ class JobStore:
             connection.execute(statement)
         return self.get(job_id)
 
+    def delete(self, job_id: str) -> bool:
+        """Remove a stopped job (succeeded, failed or cancelled) and its rows; False if none such."""
+        with self._guard("delete"), self._engine.begin() as connection:
+            stopped = connection.execute(
+                select(_JOBS.c.id).where(_JOBS.c.id == job_id, _JOBS.c.status.in_(FINISHED))
+            ).first()
+            if stopped is None:
+                return False
+            connection.execute(delete(ScreeningResultRecord).where(_RESULTS.c.job_id == job_id))
+            connection.execute(delete(ScreeningJobRecord).where(_JOBS.c.id == job_id))
+        return True
+
+    def expire(self, finished_before: float) -> list[str]:
+        """Delete every job that stopped before this time (retention); the ids deleted."""
+        statement = select(_JOBS.c.id).where(
+            _JOBS.c.status.in_(FINISHED), _JOBS.c.finished_at < finished_before
+        )
+        with self._guard("expire"), self._engine.connect() as connection:
+            expired = [row.id for row in connection.execute(statement)]
+        return [job_id for job_id in expired if self.delete(job_id)]
+
     # -- the runner's side -----------------------------------------------------------------------
 
     def claim(self, owner: str, lease_s: float) -> Job | None:

@@ -1,0 +1,68 @@
+"""Stopped jobs can be deleted, and are deleted after the retention period (issue 17, defect 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import ibrnet
+from tests.api.harness import serve
+from tests.screening.helpers import screen_settings, wait_for
+from tests.server_process import ibrnet_serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_stopped_job_is_purged_with_its_rows_and_a_running_one_is_not(models_dir, tmp_path):
+    settings = screen_settings(models_dir, tmp_path, screen_chunk_pause_ms=200.0)
+    async with serve(settings) as (app, client):
+        done = (await client.post("/screen", json={"formulas": ["Fe2O3", "NaCl"]})).json()
+        await wait_for(client, done["id"])
+        running = (await client.post("/screen", json={"chemsys": "Li-Fe-O", "max_atoms": 12})).json()
+        await wait_for(client, running["id"], statuses=("running",))
+        refused = await client.delete(f"/screen/{running['id']}", params={"purge": "true"})
+        finished = await client.delete(f"/screen/{done['id']}")  # without purge: a cancel, refused
+        purged = await client.delete(f"/screen/{done['id']}", params={"purge": "true"})
+        gone = await client.get(f"/screen/{done['id']}")
+        rows_left = app.state.screening.jobs.count_results(done["id"])
+        cancelled = (await client.delete(f"/screen/{running['id']}")).json()
+        await asyncio.sleep(0.5)
+        purged_after_cancel = await client.delete(f"/screen/{running['id']}", params={"purge": "true"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_running"
+    assert finished.status_code == 409 and finished.json()["error"]["code"] == "job_finished"
+    assert purged.status_code == 200 and purged.json() == {"id": done["id"], "status": "deleted"}
+    assert gone.status_code == 404 and rows_left == 0
+    assert cancelled["status"] == "cancelled" and purged_after_cancel.status_code == 200
+
+
+async def test_stopped_jobs_expire_after_the_retention_period(models_dir, tmp_path):
+    settings = screen_settings(models_dir, tmp_path, screen_retention_hours=1.0 / 3600)  # one second
+    async with serve(settings) as (_, client):
+        job = (await client.post("/screen", json={"formulas": ["Fe2O3"]})).json()
+        await wait_for(client, job["id"])
+        deadline = time.monotonic() + 30
+        while (await client.get(f"/screen/{job['id']}")).status_code != 404:
+            assert time.monotonic() < deadline, "the job outlived its retention period"
+            await asyncio.sleep(0.2)
+        kept = screen_settings(models_dir, tmp_path / "kept", screen_retention_hours=0)
+    tmp_path.joinpath("kept").mkdir()
+    async with serve(kept) as (_, client):
+        job = (await client.post("/screen", json={"formulas": ["Fe2O3"]})).json()
+        await wait_for(client, job["id"])
+        await asyncio.sleep(1.5)
+        assert (await client.get(f"/screen/{job['id']}")).status_code == 200  # 0: kept forever
+
+
+def test_the_python_client_deletes_a_stopped_job(models_dir, tmp_path):
+    with (
+        ibrnet_serve(models_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path) as (base, _),
+        ibrnet.Client(base) as client,
+    ):
+        job = client.screen(formulas=["Fe2O3", "NaCl"], wait=False)
+        rows = job.wait(progress=False)
+        job.delete()
+        with pytest.raises(ibrnet.ServiceError) as missing:
+            job.status()
+    assert len(rows) == 2 and missing.value.status == 404 and missing.value.code == "job_not_found"
