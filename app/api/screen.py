@@ -198,7 +198,8 @@ async def results(
     ] = None,
 ) -> Response:
     """Rows in ranking order (sort_by) or input order. JSON: one page (`offset`, `limit`);
-    CSV and Parquet (`Accept` or `?format=`): every row. A running job shows its rows so far."""
+    CSV and Parquet (`Accept` or `?format=`): every row, once the job has stopped (409 job_running
+    before). A running job's JSON pages show its rows so far (ranked so far: pages may shift)."""
     job = await _job(request, job_id)
     jobs = _jobs(request)
     chosen = format or preferred(request.headers.get("accept"), _ACCEPTED, "json")
@@ -217,6 +218,16 @@ async def results(
             "results": [api_row(row, job.models) for row in rows],
         }
         return json_response(page)
+    if job.status not in FINISHED:
+        # A file is read in many queries while the runner commits and re-ranks: rows would be
+        # duplicated and lost. JSON pages show progress; files wait for a consistent table.
+        raise JobFinished(
+            "job_running",
+            f"job {job_id} is {job.status}: CSV and Parquet files are served once it has stopped; "
+            "JSON pages show its rows so far",
+            id=job_id,
+            status=job.status,
+        )
     properties = list(job.models)
     headers = {"Content-Disposition": f'attachment; filename="screen-{job.id}.{chosen}"'}
     if chosen == "csv":

@@ -66,3 +66,24 @@ def test_the_python_client_deletes_a_stopped_job(models_dir, tmp_path):
         with pytest.raises(ibrnet.ServiceError) as missing:
             job.status()
     assert len(rows) == 2 and missing.value.status == 404 and missing.value.code == "job_not_found"
+
+
+async def test_files_of_a_running_job_wait_until_it_stops(models_dir, tmp_path):
+    """A CSV read while the runner commits and re-ranks duplicated and lost rows (issue 17, defect 5)."""
+    settings = screen_settings(models_dir, tmp_path, screen_chunk_pause_ms=100.0)
+    request = {"chemsys": "Li-Fe-O", "max_atoms": 10, "sort_by": "band_gap"}
+    async with serve(settings) as (_, client):
+        job = (await client.post("/screen", json=request)).json()
+        await wait_for(client, job["id"], statuses=("running",))
+        early = [
+            await client.get(f"/screen/{job['id']}/results", params={"format": name})
+            for name in ("csv", "parquet")
+        ]
+        page = await client.get(f"/screen/{job['id']}/results")  # JSON: rows so far, to show progress
+        await wait_for(client, job["id"])
+        final = await client.get(f"/screen/{job['id']}/results", params={"format": "csv"})
+        total = (await client.get(f"/screen/{job['id']}")).json()["progress"]["total"]
+    assert [r.status_code for r in early] == [409, 409] and early[0].json()["error"]["code"] == "job_running"
+    assert page.status_code == 200
+    indices = [line.split(",", 1)[0] for line in final.text.splitlines()[1:]]
+    assert len(indices) == len(set(indices)) == total
