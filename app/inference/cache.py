@@ -92,7 +92,7 @@ class PredictionCache:
         if answered:
             self._mark_up()
         else:
-            self._mark_down(self.last_error or "the database does not answer")
+            self._mark_down(self.store.last_error or "the database does not answer")
         return answered
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import time: the service and the tests build engines from their own settings.
 from __future__ import annotations
 
 import importlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ SQLITE_BUSY_TIMEOUT_MS = 5_000
 # Any constant shared by every process of the service: they serialize schema creation on it.
 _SCHEMA_LOCK_KEY = 0x1B2E7
 # Modules whose tables live on Base.metadata; create_schema imports them so no table is forgotten.
-TABLE_MODULES = ("app.store.predictions", "app.store.jobs")
+TABLE_MODULES = ("app.store.predictions", "app.store.jobs", "app.store.health")
 # Each retry of create_schema gets past at least one object another process created meanwhile.
 _SCHEMA_ATTEMPTS = 10
 
@@ -80,6 +81,16 @@ def _sqlite_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def sqlite_file_missing(engine: Engine) -> str | None:
+    """The path of a file-backed SQLite database that no longer exists, else None."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return None if os.path.exists(database) else database
 
 
 def create_schema(engine: Engine) -> None:

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import DateTime, Engine, Float, String, any_, bindparam, func, select, text
+from sqlalchemy import DateTime, Engine, Float, String, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
-from app.store.database import Base, SchemaGuard, StoreUnavailable
+from app.store.database import Base, SchemaGuard, StoreUnavailable, sqlite_file_missing
+from app.store.health import HealthRecord
 
 # SQLite's default bound-variable limit: 999 before 3.32, 32,766 since (sqlite.org/limits.html).
 SQLITE_MAX_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
@@ -175,13 +177,34 @@ class PredictionStore:
         return statement, {}
 
     def ping(self) -> bool:
-        """True when the database answers (and the schema is in place); never raises."""
+        """True when the database takes a write (and the schema is in place); never raises.
+
+        On failure the connection pool is dropped: a SQLite connection opened while the file was
+        read-only, or a PostgreSQL session started read-only, stays so; new ones see the database
+        as it is now, so the service recovers by itself once writing works again. A SQLite file
+        deleted under the service is noticed here (its open connections would go on writing into
+        the deleted file); the next ping starts a new one.
+        """
+        missing = sqlite_file_missing(self._engine)
+        if missing is not None:
+            self.last_error = f"the database file {missing} was deleted; starting a new, empty one"
+            self._engine.dispose()
+            return False
         try:
-            with self._guard("ping"), self._engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            with self._guard("ping"), self._engine.begin() as connection:
+                connection.execute(self._heartbeat(time.time()))
         except StoreUnavailable:
+            self._engine.dispose()
             return False
         return True
+
+    def _heartbeat(self, now: float) -> Executable:
+        table = HealthRecord.__table__
+        if self._engine.dialect.name == "postgresql":
+            upsert = postgresql_insert(table).values(id=1, checked_at=now)
+        else:
+            upsert = sqlite_insert(table).values(id=1, checked_at=now)
+        return upsert.on_conflict_do_update(index_elements=["id"], set_={"checked_at": now})
 
     @contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
