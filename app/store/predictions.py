@@ -115,6 +115,8 @@ class PredictionStore:
         self._schema_guard = SchemaGuard(engine, "prediction cache")
         # Why the last call failed (for /ready and logs); None once a call succeeds again.
         self.last_error: str | None = None
+        # A SQLite file this store has written to: its absence then means it was deleted.
+        self._file_seen = False
 
     @property
     def engine(self) -> Engine:
@@ -186,7 +188,8 @@ class PredictionStore:
         the deleted file); the next ping starts a new one.
         """
         missing = sqlite_file_missing(self._engine)
-        if missing is not None:
+        if missing is not None and self._file_seen:  # not just "not created yet"
+            self._file_seen = False
             self.last_error = f"the database file {missing} was deleted; starting a new, empty one"
             self._engine.dispose()
             return False
@@ -196,6 +199,7 @@ class PredictionStore:
         except StoreUnavailable:
             self._engine.dispose()
             return False
+        self._file_seen = True
         return True
 
     def _heartbeat(self, now: float) -> Executable:
