@@ -380,7 +380,8 @@ async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
     screen = _validated({**options, "formulas": []})
     file_format = format_of(upload.filename or "upload")
     column = str(form.get("formula_column") or "formula")
-    formulas = await asyncio.to_thread(read_formulas, upload.file, column, file_format)
+    max_rows = request.app.state.settings.screen_max_compositions
+    formulas = await asyncio.to_thread(read_formulas, upload.file, column, file_format, max_rows)
     return screen, formulas
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from app.errors import DomainError
+from app.errors import DomainError, PayloadTooLargeError
 from app.screening.compute import ChunkResult
 from app.stability.assess import DERIVED_COLUMNS
 
@@ -135,9 +135,42 @@ def table_bytes(tables: Iterator[pa.Table], properties: Sequence[str], file_form
 # -- inputs -------------------------------------------------------------------------------------
 
 
-def read_formulas(source: str | Path | IO[bytes], column: str, file_format: Format) -> list[str]:
-    """Every formula of a CSV or Parquet file, in file order (the job stores them anyway)."""
-    return [formula for batch in iter_formulas(source, column, file_format) for formula in batch]
+def read_formulas(
+    source: str | Path | IO[bytes], column: str, file_format: Format, max_rows: int | None = None
+) -> list[str]:
+    """Every formula of a CSV or Parquet file, in file order (the job stores them anyway).
+
+    With ``max_rows``, a larger file is refused as it is read, never after: a Parquet file by the
+    row count in its footer before any data is decompressed (96 KB can hold 30M rows), a CSV at
+    the first batch past the limit.
+    """
+    if max_rows is not None and file_format == "parquet":
+        try:
+            rows = pq.ParquetFile(source).metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputFileError(
+                "unreadable_file", f"cannot read the parquet file: {error}", format="parquet"
+            ) from None
+        _check_rows(rows, max_rows)
+        if hasattr(source, "seek"):
+            source.seek(0)  # type: ignore[union-attr]
+    formulas: list[str] = []
+    for batch in iter_formulas(source, column, file_format):
+        formulas.extend(batch)
+        if max_rows is not None:
+            _check_rows(len(formulas), max_rows, at_least=file_format == "csv")
+    return formulas
+
+
+def _check_rows(rows: int, max_rows: int, at_least: bool = False) -> None:
+    if rows > max_rows:
+        counted = f"at least {rows:,}" if at_least else f"{rows:,}"
+        raise PayloadTooLargeError(
+            "too_many_compositions",
+            f"the file has {counted} rows, the limit is {max_rows:,} (IBRNET_SCREEN_MAX_COMPOSITIONS)",
+            count=rows,
+            limit=max_rows,
+        )
 
 
 def iter_formulas(
