@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.api import health, limits, models, predict, screen
+from app.api.access import AccessMiddleware, configured_digests
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import ServiceMiddleware
@@ -35,6 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
+    # Added last, so it runs first: a refused key costs no body read (its answer is still counted,
+    # since the metrics middleware records failures through the app's state).
+    app.add_middleware(
+        AccessMiddleware, digests=configured_digests(settings), rate_per_s=settings.api_rate_per_s
+    )
     for router in (predict.router, models.router, health.router, limits.router, screen.router):
         app.include_router(router)
     install_docs(app)

@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     hull_reference: Path | None = None
     hull_cache_systems: int = Field(4096, ge=1)
 
+    # Access (off when neither is set): API keys, comma-separated, or a file of their sha256 hex
+    # digests (one a line, # comments). With keys on, every endpoint but /health, /ready,
+    # /metrics, the page and the docs needs one, and each key sees and stops only its own jobs.
+    api_keys: str = Field("", repr=False)
+    api_keys_file: Path | None = None
+    # Per key, with keys on: requests a second (a burst of twice that), screening jobs queued or
+    # running at once, and rows those jobs may still have to compute.
+    api_rate_per_s: float = Field(50.0, gt=0.0)
+    screen_max_jobs_per_key: int = Field(4, ge=1)
+    screen_max_rows_per_key: int = Field(5_000_000, ge=1)
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

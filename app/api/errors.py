@@ -86,7 +86,10 @@ def field_name(location: Sequence[str | int]) -> str:
 async def _domain_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, DomainError)
     record_failure(request.scope, error.code)
-    return error_response(error.status_code, error.to_dict())
+    # A refusal that passes with time (a quota, a rate) says when to try again.
+    retry = error.details.get("retry_after_s")
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return error_response(error.status_code, error.to_dict(), headers=headers)
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:

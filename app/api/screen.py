@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
+from app.api.access import client_of
 from app.api.formats import json_response, preferred
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError
@@ -88,6 +89,14 @@ class JobFinished(DomainError):
     status_code = 409
 
 
+class QuotaExceeded(DomainError):
+    status_code = 429
+
+
+# What a key over its screening quota is told to wait before trying again.
+QUOTA_RETRY_S = 30
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Called by app.main's lifespan: the job runner lives as long as the service."""
@@ -124,6 +133,9 @@ async def submit(request: Request) -> Response:
         formulas=formulas,
         stability=request.app.state.predictor.stability,
     )
+    client = client_of(request.scope)
+    if client is not None:
+        await _within_quota(runner.jobs, client, prepared.total, settings)
     job = await _store(
         runner.jobs.create,
         uuid.uuid4().hex,
@@ -131,6 +143,7 @@ async def submit(request: Request) -> Response:
         prepared.models.describe(),
         prepared.total,
         prepared.formulas,
+        client,
     )
     runner.wake()
     response = json_response(job_view(job), status_code=202)
@@ -141,7 +154,7 @@ async def submit(request: Request) -> Response:
 @router.get("/screen", responses=ERROR_RESPONSES)
 async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
     """The most recent jobs, newest first."""
-    jobs = await _store(_jobs(request).recent, limit)
+    jobs = await _store(_jobs(request).recent, limit, client_of(request.scope))
     return json_response({"jobs": [job_view(job) for job in jobs]})
 
 
@@ -418,8 +431,27 @@ def _jobs(request: Request) -> JobStore:
     return request.app.state.screening.jobs
 
 
+async def _within_quota(jobs: JobStore, client: str, rows: int, settings: Settings) -> None:
+    """429 when this key already has its share of the queue (jobs at once, rows still to compute)."""
+    active, pending = await _store(jobs.active_load, client)
+    if active >= settings.screen_max_jobs_per_key:
+        limit = settings.screen_max_jobs_per_key
+        message = f"this key has {active} screens queued or running, the limit is {limit}"
+    elif pending + rows > settings.screen_max_rows_per_key:
+        message = (
+            f"this screen's {rows:,} rows and the {pending:,} this key has queued exceed its "
+            f"{settings.screen_max_rows_per_key:,} (IBRNET_SCREEN_MAX_ROWS_PER_KEY)"
+        )
+    else:
+        return
+    raise QuotaExceeded("quota_exceeded", f"{message}; retry when one finishes", retry_after_s=QUOTA_RETRY_S)
+
+
 async def _job(request: Request, job_id: str) -> Job:
     job = await _store(_jobs(request).get, job_id)
+    client = client_of(request.scope)
+    if job is not None and client is not None and job.client != client:
+        job = None  # another key's job: as if it did not exist
     if job is None:
         raise NotFoundError("job_not_found", f"no screening job {job_id!r}", id=job_id)
     return job

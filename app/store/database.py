@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase
@@ -108,11 +108,27 @@ def create_schema(engine: Engine) -> None:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
                 Base.metadata.create_all(connection)
+                _add_missing_columns(connection)
             return
         except DBAPIError as error:
             if _already_exists(error) and attempt + 1 < _SCHEMA_ATTEMPTS:
                 continue
             raise StoreUnavailable(f"cannot create the schema: {describe(error)}") from error
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    """Columns added to a table after a database was created (nullable ones only): ALTER TABLE ADD.
+
+    create_all makes missing tables, never missing columns; a database from an earlier release
+    would otherwise fail on the first query naming a new column.
+    """
+    inspector = inspect(connection)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable and not column.primary_key:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 class SchemaGuard:

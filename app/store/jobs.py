@@ -60,6 +60,8 @@ class ScreeningJobRecord(Base):
     done: Mapped[int] = mapped_column(BigInteger, default=0)  # input rows whose results are committed
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))
+    # Who submitted it (a hash of the API key; None with keys off): only they see and stop it.
+    client: Mapped[str | None] = mapped_column(String(64), index=True)
     # Times are epoch seconds: identical on SQLite and PostgreSQL, and compared as numbers.
     heartbeat: Mapped[float | None] = mapped_column(Float(precision=53))
     created_at: Mapped[float] = mapped_column(Float(precision=53), index=True)
@@ -99,6 +101,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     attempts: int
+    client: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -151,10 +154,12 @@ class JobStore:
         models: dict[str, dict[str, Any]],
         total: int,
         inputs: Sequence[str] | None = None,
+        client: str | None = None,
     ) -> Job:
         now = time.time()
         values = {
             "id": job_id,
+            "client": client,
             "status": QUEUED,
             "request": json.dumps(request),
             "inputs": encode_inputs(inputs) if inputs is not None else None,
@@ -173,8 +178,11 @@ class JobStore:
             row = connection.execute(select(*_JOB_COLUMNS).where(_JOBS.c.id == job_id)).first()
         return _job(row) if row is not None else None
 
-    def recent(self, limit: int = 100) -> list[Job]:
+    def recent(self, limit: int = 100, client: str | None = None) -> list[Job]:
+        """The newest jobs; with ``client``, that client's only."""
         statement = select(*_JOB_COLUMNS).order_by(_JOBS.c.created_at.desc()).limit(limit)
+        if client is not None:
+            statement = statement.where(_JOBS.c.client == client)
         with self._guard("list"), self._engine.connect() as connection:
             return [_job(row) for row in connection.execute(statement)]
 
@@ -193,6 +201,15 @@ class JobStore:
         with self._guard("cancel"), self._engine.begin() as connection:
             connection.execute(statement)
         return self.get(job_id)
+
+    def active_load(self, client: str | None) -> tuple[int, int]:
+        """(queued and running jobs, their rows still to compute) of one client (quotas)."""
+        statement = select(func.count(), func.coalesce(func.sum(_JOBS.c.total - _JOBS.c.done), 0)).where(
+            _JOBS.c.status.in_((QUEUED, RUNNING)), _JOBS.c.client == client
+        )
+        with self._guard("load"), self._engine.connect() as connection:
+            jobs, rows = connection.execute(statement).one()
+        return int(jobs), int(rows)
 
     def delete(self, job_id: str) -> bool:
         """Remove a stopped job (succeeded, failed or cancelled) and its rows; False if none such."""
@@ -358,6 +375,7 @@ _JOB_COLUMNS = (
     _JOBS.c.started_at,
     _JOBS.c.finished_at,
     _JOBS.c.attempts,
+    _JOBS.c.client,
 )
 
 
@@ -374,6 +392,7 @@ def _job(row: Any) -> Job:
         started_at=row.started_at,
         finished_at=row.finished_at,
         attempts=int(row.attempts),
+        client=row.client,
     )
 
 

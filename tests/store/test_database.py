@@ -141,3 +141,28 @@ def test_several_processes_create_the_schema_at_once(database_url: str, tmp_path
     engine = make_engine(database_url)
     assert set(Base.metadata.tables) <= table_names(engine)
     engine.dispose()
+
+
+def test_a_database_from_before_a_new_column_gets_it_at_start(tmp_path):
+    """create_all makes missing tables, not missing columns: a job store created before
+    ``screening_jobs.client`` existed must still work (the column is added, existing rows kept)."""
+    import sqlite3
+
+    from app.store.database import create_schema, make_engine
+    from app.store.jobs import JobStore
+
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    JobStore(engine).create("old-job", {"formulas": []}, {}, 1, ["NaCl"])
+    engine.dispose()
+    with sqlite3.connect(path) as connection:  # the table as an earlier release made it
+        connection.execute("DROP INDEX IF EXISTS ix_screening_jobs_client")
+        connection.execute("ALTER TABLE screening_jobs DROP COLUMN client")
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    store = JobStore(engine)
+    store.create("new-job", {"formulas": []}, {}, 1, ["KBr"], client="abc")
+    assert store.get("old-job").client is None and store.get("new-job").client == "abc"
+    assert [job.id for job in store.recent(client="abc")] == ["new-job"]
+    engine.dispose()
