@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # big job leaves CPU to interactive /predict; and a pause between chunks for the same reason.
     screen_intra_op_threads: int = Field(0, ge=0)
     screen_chunk_pause_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    # Fair scheduling: a job that has run this long gives its turn to a waiting one (and queues
+    # again behind it), so a small screen never waits for a huge one to finish. 0: run to the end.
+    screen_slice_s: float = Field(10.0, ge=0.0)
     # Stopped jobs (and their rows) are deleted this long after they stop; 0 keeps them forever.
     screen_retention_hours: float = Field(168.0, ge=0.0)
     # Nice value of the runner thread (Linux): under contention the kernel favours request threads.

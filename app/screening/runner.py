@@ -55,7 +55,9 @@ class ScreeningRunner:
         nice: int = 10,
         stability: StabilityAssessor | None = None,
         retention_s: float = 0.0,
+        slice_s: float = 0.0,
     ) -> None:
+        self.slice_s = slice_s
         self.jobs = jobs
         self.stability = stability
         self.retention_s = retention_s
@@ -99,6 +101,7 @@ class ScreeningRunner:
             nice=settings.screen_nice,
             stability=stability,
             retention_s=settings.screen_retention_hours * 3600.0,
+            slice_s=settings.screen_slice_s,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class ScreeningRunner:
             return
         ranking = Ranking(request.ascending, request.top_k) if request.sort_by is not None else None
         done = job.done
+        turn_started = time.monotonic()
         for chunk in source.results(models, start=done, chunk_size=self.chunk_size):
             rows = _store_rows(
                 rank_within(chunk.take(passes_filters(chunk, request)), request), request.sort_by
@@ -184,6 +188,8 @@ class ScreeningRunner:
             if self._stopping.is_set():
                 self._with_store(lambda: self.jobs.release(job.id, self.owner))
                 logger.info("screening job %s: handed back at row %d", job.id, done)
+                return
+            if self._turn_over(job, turn_started, done):
                 return
             # Let the event loop's threads have the GIL and the CPU between chunks.
             time.sleep(self.pause_s)
@@ -214,6 +220,16 @@ class ScreeningRunner:
                     "while the job was queued or running; submit the screen again",
                 )
         return models
+
+    def _turn_over(self, job: Job, turn_started: float, done: int) -> bool:
+        """After ``slice_s`` on one job, give the turn to a waiting job (it resumes from ``done``)."""
+        if self.slice_s <= 0 or done >= job.total or time.monotonic() - turn_started < self.slice_s:
+            return False
+        if not self._with_store(lambda: self.jobs.others_waiting(job.id)):
+            return False
+        self._with_store(lambda: self.jobs.give_turn(job.id, self.owner))
+        logger.info("screening job %s: gave its turn at row %d", job.id, done)
+        return True
 
     def _sweep(self) -> None:
         """Delete jobs stopped longer ago than the retention period (at most every SWEEP_S)."""

@@ -60,6 +60,8 @@ class ScreeningJobRecord(Base):
     done: Mapped[int] = mapped_column(BigInteger, default=0)  # input rows whose results are committed
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))
+    # When it last gave its turn to a waiting job (fair scheduling): it queues again from there.
+    turn_at: Mapped[float | None] = mapped_column(Float(precision=53))
     # Who submitted it (a hash of the API key; None with keys off): only they see and stop it.
     client: Mapped[str | None] = mapped_column(String(64), index=True)
     # Times are epoch seconds: identical on SQLite and PostgreSQL, and compared as numbers.
@@ -240,7 +242,9 @@ class JobStore:
         claimable = or_(
             _JOBS.c.status == QUEUED, and_(_JOBS.c.status == RUNNING, _JOBS.c.heartbeat < now - lease_s)
         )
-        candidates = select(_JOBS.c.id).where(claimable).order_by(_JOBS.c.created_at).limit(8)
+        # A job that gave its turn queues again from that moment, behind the jobs already waiting.
+        queued_since = func.coalesce(_JOBS.c.turn_at, _JOBS.c.created_at)
+        candidates = select(_JOBS.c.id).where(claimable).order_by(queued_since).limit(8)
         with self._guard("claim"), self._engine.connect() as connection:
             job_ids = list(connection.execute(candidates).scalars())
         for job_id in job_ids:
@@ -309,6 +313,23 @@ class JobStore:
         """Back to the queue (graceful shutdown): the next runner resumes it without waiting for the lease."""
         values = {"status": QUEUED, "owner": None, "heartbeat": None}
         return self._update_own("release", job_id, owner, values)
+
+    def give_turn(self, job_id: str, owner: str) -> bool:
+        """Back to the queue behind the jobs waiting now (fair scheduling); not counted as a resume."""
+        values = {
+            "status": QUEUED,
+            "owner": None,
+            "heartbeat": None,
+            "turn_at": time.time(),
+            "attempts": _JOBS.c.attempts - 1,  # the next claim adds it back
+        }
+        return self._update_own("give_turn", job_id, owner, values)
+
+    def others_waiting(self, job_id: str) -> bool:
+        """Whether another job is queued (the running one should then give it a turn)."""
+        statement = select(_JOBS.c.id).where(_JOBS.c.status == QUEUED, _JOBS.c.id != job_id).limit(1)
+        with self._guard("waiting"), self._engine.connect() as connection:
+            return connection.execute(statement).first() is not None
 
     def renew(self, job_id: str, owner: str) -> bool:
         return self._update_own("renew", job_id, owner, {"heartbeat": time.time()})
