@@ -367,17 +367,20 @@ class ScreenJob:
     def results(self) -> pd.DataFrame:
         """Every row so far (all of them once the job succeeded), page by page, in the job's order."""
         rows: list[dict[str, Any]] = []
-        offset = 0
+        # Page by key (next_after: an index seek on the service); a service without it, by offset.
+        params: dict[str, Any] = {"offset": 0, "limit": RESULTS_PAGE}
         while True:
-            page = self._client._get_json(
-                f"{self._path}/results", params={"offset": offset, "limit": RESULTS_PAGE}
-            )
+            page = self._client._get_json(f"{self._path}/results", params=params)
             batch = page.get("results") or []
             rows.extend(batch)
-            following = page.get("next_offset")
-            if following is None or not batch:
+            if not batch:
                 break
-            offset = int(following)
+            if page.get("next_after") is not None:
+                params = {"after": page["next_after"], "limit": RESULTS_PAGE}
+            elif "next_after" not in page and page.get("next_offset") is not None:
+                params = {"offset": int(page["next_offset"]), "limit": RESULTS_PAGE}
+            else:
+                break
         return results_frame(rows, self.properties, index=True)
 
     def cancel(self) -> dict[str, Any]:

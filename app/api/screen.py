@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from app.screening.enumerate import parse_chemsys
-from app.screening.io import MEDIA_TYPES, format_of, read_formulas, rows_table, table_bytes
+from app.screening.io import MEDIA_TYPES, DrainedSink, ResultWriter, format_of, read_formulas, rows_table
 from app.screening.runner import ScreeningRunner
 from app.screening.spec import ScreenRequest
 from app.screening.submit import prepare_screen
@@ -206,6 +207,10 @@ async def results(
     request: Request,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, description="the previous page's next_after: the next page without OFFSET"),
+    ] = None,
     format: Annotated[
         ResultFormat | None, Query(description="overrides Accept: json, csv or parquet")
     ] = None,
@@ -217,9 +222,9 @@ async def results(
     jobs = _jobs(request)
     chosen = format or preferred(request.headers.get("accept"), _ACCEPTED, "json")
     if chosen == "json":
-        rows = await _store(jobs.results, job, offset, limit)
+        rows = await _store(jobs.results, job, offset, limit, _cursor_row(after))
         count = await _store(jobs.count_results, job.id)
-        next_offset = offset + len(rows) if offset + len(rows) < count else None
+        next_offset = offset + len(rows) if after is None and offset + len(rows) < count else None
         page = {
             "id": job.id,
             "status": job.status,
@@ -228,6 +233,8 @@ async def results(
             "offset": offset,
             "limit": limit,
             "next_offset": next_offset,
+            # Deep pages of a big job: follow next_after (an index seek), not next_offset (a count).
+            "next_after": _cursor(rows[-1]) if len(rows) == limit else None,
             "results": [api_row(row, job.models) for row in rows],
         }
         return json_response(page)
@@ -241,23 +248,8 @@ async def results(
             id=job_id,
             status=job.status,
         )
-    properties = list(job.models)
     headers = {"Content-Disposition": f'attachment; filename="screen-{job.id}.{chosen}"'}
-    if chosen == "csv":
-        return StreamingResponse(
-            _csv_stream(jobs, job, properties), media_type=MEDIA_TYPES["csv"], headers=headers
-        )
-    body = await _store(
-        lambda: table_bytes(
-            (
-                rows_table([api_row(r, job.models) for r in batch], properties)
-                for batch in jobs.iter_results(job)
-            ),
-            properties,
-            "parquet",
-        )
-    )
-    return Response(body, media_type=MEDIA_TYPES["parquet"], headers=headers)
+    return StreamingResponse(_file_stream(jobs, job, chosen), media_type=MEDIA_TYPES[chosen], headers=headers)
 
 
 @router.get(
@@ -408,17 +400,55 @@ def _validated(body: Any) -> ScreenRequest:
         ) from None
 
 
-async def _csv_stream(jobs: JobStore, job: Job, properties: list[str]) -> AsyncIterator[bytes]:
+async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> AsyncIterator[bytes]:
+    """The job's rows as a CSV or Parquet file, sent a batch (a Parquet row group) at a time.
+
+    Each step is a short thread task, so a download never holds a thread for its whole length;
+    and when the client leaves, the response stops iterating here: the work stops with it.
+    """
+    properties = list(job.models)
     batches = jobs.iter_results(job)
+    sink = DrainedSink()
+    writer = ResultWriter(sink, properties, "parquet") if file_format == "parquet" else None
     header = True
-    while True:
-        batch = await _store(next, batches, None)
-        if batch is None:
-            if header:  # no rows at all: still a header
-                yield _csv_bytes(rows_table([], properties), header=True)
-            return
-        yield _csv_bytes(rows_table([api_row(r, job.models) for r in batch], properties), header=header)
-        header = False
+    try:
+        while True:
+            batch = await _store(next, batches, None)
+            if batch is None:
+                break
+            table = rows_table([api_row(r, job.models) for r in batch], properties)
+            if writer is None:
+                yield _csv_bytes(table, header=header)
+            else:
+                await asyncio.to_thread(writer.write, table)
+                yield sink.drain()
+            header = False
+        if writer is None and header:  # no rows at all: still a header
+            yield _csv_bytes(rows_table([], properties), header=True)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        yield sink.drain()  # the footer
+
+
+def _cursor(row: ResultRow) -> str:
+    """Where a page ended: the last row's index and rank value (``_cursor_row`` reads it back)."""
+    return f"{row.row_index}:{'null' if row.sort_value is None else repr(row.sort_value)}"
+
+
+def _cursor_row(cursor: str | None) -> ResultRow | None:
+    if cursor is None:
+        return None
+    index, _, value = cursor.partition(":")
+    try:
+        sort_value = None if value == "null" else float(value)
+        row_index = int(index)
+    except ValueError:
+        raise DomainError("invalid_cursor", f"'after' {cursor!r} is not a next_after of this API") from None
+    if sort_value is not None and not math.isfinite(sort_value):
+        raise DomainError("invalid_cursor", f"'after' {cursor!r} is not a next_after of this API")
+    return ResultRow(row_index, "", None, sort_value, {})
 
 
 def _csv_bytes(table: Any, header: bool) -> bytes:

@@ -124,12 +124,30 @@ class ResultWriter:
         self.close()
 
 
-def table_bytes(tables: Iterator[pa.Table], properties: Sequence[str], file_format: Format) -> bytes:
-    buffer = io.BytesIO()
-    with ResultWriter(buffer, properties, file_format) as writer:
-        for table in tables:
-            writer.write(table)
-    return buffer.getvalue()
+class DrainedSink(io.RawIOBase):
+    """A write-only stream whose bytes are taken away as they come (``drain``), while ``tell``
+    keeps counting: a Parquet writer's footer records absolute offsets, so a file can be sent
+    row group by row group without ever being held whole."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def drain(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
 
 
 # -- inputs -------------------------------------------------------------------------------------

@@ -234,13 +234,14 @@ function showProgress(view) {
 
 async function showResults(view) {
   const rows = [];
-  let offset = 0;
+  let cursor = "offset=0";
   let count = 0;
-  while (offset !== null && rows.length < SCREEN_FETCH_LIMIT) {
-    const page = await apiJson(`/screen/${view.id}/results?offset=${offset}&limit=${SCREEN_PAGE}`);
+  // Pages by key (next_after): each page is an index seek on the service, however deep.
+  while (cursor !== null && rows.length < SCREEN_FETCH_LIMIT) {
+    const page = await apiJson(`/screen/${view.id}/results?${cursor}&limit=${SCREEN_PAGE}`);
     rows.push(...page.results);
     count = page.count;
-    offset = page.next_offset;
+    cursor = page.next_after ? `after=${encodeURIComponent(page.next_after)}` : null;
   }
   const out = $("screen-result");
   const ranked = state.job.request.sort_by ? `ranked by ${label(state.job.request.sort_by)}` : "in enumeration order";
