@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(100_000, ge=1)
     max_formula_length: int = Field(256, ge=8, le=10_000)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Connections (`ibrnet serve`, app/api/protocol.py): headers complete within HEADER_TIMEOUT_S
+    # and MAX_HEADER_BYTES, a body never paused longer than BODY_TIMEOUT_S, at most
+    # MAX_CONNECTIONS open at once, and at most SHUTDOWN_TIMEOUT_S of graceful shutdown.
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    body_timeout_s: float = Field(30.0, gt=0.0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_connections: int = Field(4096, ge=1)
+    shutdown_timeout_s: int = Field(30, ge=1)
 
     # Dynamic batching: one ONNX Runtime call takes at most BATCH_MAX_SIZE rows and waits at
     # most BATCH_MAX_WAIT_MS for company after the first request arrives.

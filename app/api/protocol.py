@@ -1,0 +1,131 @@
+"""uvicorn's httptools protocol with the limits a public service needs (``ibrnet serve`` uses it).
+
+uvicorn alone lets a client hold a connection forever before its first request line, send
+headers of any size, trickle a body one byte a minute, or open connections until the process runs
+out of file descriptors; and it answers malformed HTTP with a text/plain 400. Here, per
+connection:
+- headers must be complete within ``IBRNET_HEADER_TIMEOUT_S`` of the connection (or of the end
+  of the previous response on a kept-alive one) and within ``IBRNET_MAX_HEADER_BYTES``;
+- a body may pause at most ``IBRNET_BODY_TIMEOUT_S`` between two pieces (which also bounds how
+  long a trickling client can hold up a graceful shutdown);
+- past ``IBRNET_MAX_CONNECTIONS`` open connections a new one is answered 503 and closed at once;
+and every refusal is the service's JSON error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}  # fmt: skip
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self.header_timeout_s = settings.header_timeout_s
+        self.body_timeout_s = settings.body_timeout_s
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_connections = settings.max_connections
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_headers = True
+        self._header_bytes = 0
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse(503, "too_many_connections", "the service has too many open connections; retry")
+            return
+        self._arm(self.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(
+                    431, "headers_too_large", f"the request headers exceed {self.max_header_bytes} bytes"
+                )
+                return
+            if self._timer is None:  # a kept-alive connection starts its next request
+                self._arm(self.header_timeout_s)
+        super().data_received(data)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._arm(self.body_timeout_s)  # until the body is complete (or at once, with none)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._arm(self.body_timeout_s)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._reading_headers = True
+        self._header_bytes = 0
+        super().on_response_complete()  # arms uvicorn's keep-alive timeout until the next bytes
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {msg}")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._reading_headers:
+            self._refuse(
+                408, "header_timeout", f"the request headers took longer than {self.header_timeout_s:g} s"
+            )
+        elif self.cycle is not None and not self.cycle.response_started:
+            logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
+            self._refuse(
+                408, "body_timeout", f"the request body paused for longer than {self.body_timeout_s:g} s"
+            )
+        else:  # the answer is under way: the client is slow to read it, not to send
+            return
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Our JSON error body, then close: nothing more is read from this connection."""
+        self._disarm()
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+        head += b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
+            body
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the application sees the client gone
+            self.cycle.message_event.set()
