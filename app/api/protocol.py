@@ -40,6 +40,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._reading_headers = True
         self._header_bytes = 0
+        self._tail = b""  # the last bytes read while in headers: their blank line may straddle reads
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -56,7 +57,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reading_headers:
-            self._header_bytes += len(data)
+            # Only the bytes up to the blank line that ends the headers count: a body that comes
+            # in the same read is not header.
+            window = self._tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = window[-3:]
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(
                     431, "headers_too_large", f"the request headers exceed {self.max_header_bytes} bytes"
@@ -68,10 +74,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- parser callbacks ---------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # Each request, a pipelined one included, is counted and timed from its own first byte.
+        self._reading_headers = True
+        self._header_bytes = 0
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._reading_headers = False
-        self._arm(self.body_timeout_s)  # until the body is complete (or at once, with none)
+        self._tail = b""
         super().on_headers_complete()
+        if self.pipeline:  # queued behind a running request: uvicorn paused reading, not the client
+            self._disarm()
+        else:
+            self._arm(self.body_timeout_s)  # until the body is complete (or at once, with none)
 
     def on_body(self, body: bytes) -> None:
         self._arm(self.body_timeout_s)
@@ -84,6 +100,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._reading_headers = True
         self._header_bytes = 0
+        self._tail = b""
         super().on_response_complete()  # arms uvicorn's keep-alive timeout until the next bytes
 
     def send_400_response(self, msg: str) -> None:
@@ -108,7 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(
                 408, "header_timeout", f"the request headers took longer than {self.header_timeout_s:g} s"
             )
-        elif self.cycle is not None and not self.cycle.response_started:
+        elif self.cycle is not None and not self.cycle.response_started and not self.pipeline:
             logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
             self._refuse(
                 408, "body_timeout", f"the request body paused for longer than {self.body_timeout_s:g} s"
@@ -126,6 +143,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head + body)
         self.transport.close()
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True  # the application sees the client gone
-            self.cycle.message_event.set()
+        # Every request of this connection, running or queued, sees the client gone.
+        for cycle in [self.cycle, *(queued for queued, _ in self.pipeline)]:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()

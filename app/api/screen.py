@@ -14,7 +14,7 @@ import io
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -107,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     runner.start()
     app.state.screening = runner
+    app.state.submit_lock = asyncio.Lock()
     try:
         yield
     finally:
@@ -124,6 +125,9 @@ async def submit(request: Request) -> Response:
     multipart upload (`file` = CSV/Parquet, `formula_column`, `options` = JSON of the other fields)."""
     settings: Settings = request.app.state.settings
     runner: ScreeningRunner = request.app.state.screening
+    client = client_of(request.scope)
+    if client is not None:  # a key already at its job limit is refused before its upload is read
+        await _within_quota(runner.jobs, client, 0, settings)
     screen, formulas = await _read_submission(request)
     prepared = await asyncio.to_thread(
         prepare_screen,
@@ -134,18 +138,21 @@ async def submit(request: Request) -> Response:
         formulas=formulas,
         stability=request.app.state.predictor.stability,
     )
-    client = client_of(request.scope)
-    if client is not None:
-        await _within_quota(runner.jobs, client, prepared.total, settings)
-    job = await _store(
-        runner.jobs.create,
-        uuid.uuid4().hex,
-        prepared.stored_request(),
-        prepared.models.describe(),
-        prepared.total,
-        prepared.formulas,
-        client,
-    )
+    # Check and create under one lock: concurrent submissions of one key cannot all pass the
+    # quota (per process; with several workers each counts the same database, so a key may
+    # briefly hold up to one extra job per worker).
+    async with request.app.state.submit_lock:
+        if client is not None:
+            await _within_quota(runner.jobs, client, prepared.total, settings)
+        job = await _store(
+            runner.jobs.create,
+            uuid.uuid4().hex,
+            prepared.stored_request(),
+            prepared.models.describe(),
+            prepared.total,
+            prepared.formulas,
+            client,
+        )
     runner.wake()
     response = json_response(job_view(job), status_code=202)
     response.headers["Location"] = f"/screen/{job.id}"
@@ -413,15 +420,12 @@ async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> A
     header = True
     try:
         while True:
-            batch = await _store(next, batches, None)
-            if batch is None:
+            # One short thread task per batch (the query, shaping the rows, writing them): the event
+            # loop only hands the bytes on.
+            chunk = await _store(_next_piece, batches, job, properties, writer, sink, header)
+            if chunk is None:
                 break
-            table = rows_table([api_row(r, job.models) for r in batch], properties)
-            if writer is None:
-                yield _csv_bytes(table, header=header)
-            else:
-                await asyncio.to_thread(writer.write, table)
-                yield sink.drain()
+            yield chunk
             header = False
         if writer is None and header:  # no rows at all: still a header
             yield _csv_bytes(rows_table([], properties), header=True)
@@ -430,6 +434,25 @@ async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> A
             writer.close()
     if writer is not None:
         yield sink.drain()  # the footer
+
+
+def _next_piece(
+    batches: Iterator[list[ResultRow]],
+    job: Job,
+    properties: list[str],
+    writer: ResultWriter | None,
+    sink: DrainedSink,
+    header: bool,
+) -> bytes | None:
+    """The next batch of a download as file bytes (CSV text, or a Parquet row group); None at the end."""
+    batch = next(batches, None)
+    if batch is None:
+        return None
+    table = rows_table([api_row(row, job.models) for row in batch], properties)
+    if writer is None:
+        return _csv_bytes(table, header=header)
+    writer.write(table)
+    return sink.drain()
 
 
 def _cursor(row: ResultRow) -> str:
@@ -446,7 +469,7 @@ def _cursor_row(cursor: str | None) -> ResultRow | None:
         row_index = int(index)
     except ValueError:
         raise DomainError("invalid_cursor", f"'after' {cursor!r} is not a next_after of this API") from None
-    if sort_value is not None and not math.isfinite(sort_value):
+    if (sort_value is not None and not math.isfinite(sort_value)) or not 0 <= row_index <= MAX_OFFSET:
         raise DomainError("invalid_cursor", f"'after' {cursor!r} is not a next_after of this API")
     return ResultRow(row_index, "", None, sort_value, {})
 

@@ -51,6 +51,7 @@ class PredictionCache:
         self._closed = threading.Event()
         self.available = True
         self.last_error: str | None = None
+        self._ping_in_flight: asyncio.Future[bool] | None = None
         self.down_since: float | None = None
 
     def recall(self, model_version: str, key: str) -> CachedPrediction | None:
@@ -87,8 +88,13 @@ class PredictionCache:
             self.writer.submit(model_version, rows)
 
     async def ping(self) -> bool:
-        """Ask the database now (for /ready); updates the availability state either way."""
-        answered = await asyncio.to_thread(self.store.ping)
+        """Ask the database now (for /ready); updates the availability state either way.
+
+        One check at a time: concurrent callers share the one in flight, so a flood of /ready (a
+        public endpoint) is one heartbeat write at a time, not one per request or thread."""
+        if self._ping_in_flight is None or self._ping_in_flight.done():
+            self._ping_in_flight = asyncio.ensure_future(asyncio.to_thread(self.store.ping))
+        answered = await asyncio.shield(self._ping_in_flight)
         if answered:
             self._mark_up()
         else:

@@ -227,9 +227,9 @@ class ScreeningRunner:
             return False
         if not self._with_store(lambda: self.jobs.others_waiting(job.id)):
             return False
-        self._with_store(lambda: self.jobs.give_turn(job.id, self.owner))
-        logger.info("screening job %s: gave its turn at row %d", job.id, done)
-        return True
+        if self._with_store(lambda: self.jobs.give_turn(job.id, self.owner)):
+            logger.info("screening job %s: gave its turn at row %d", job.id, done)
+        return True  # given, or no longer ours (cancelled): either way this runner stops here
 
     def _sweep(self) -> None:
         """Delete jobs stopped longer ago than the retention period (at most every SWEEP_S)."""

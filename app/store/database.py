@@ -129,6 +129,8 @@ def _add_missing_columns(connection: Connection) -> None:
             if column.name not in present and column.nullable and not column.primary_key:
                 kind = column.type.compile(dialect=connection.dialect)
                 connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:  # create_all makes an existing table's new indexes neither
+            index.create(connection, checkfirst=True)
 
 
 class SchemaGuard:

@@ -196,8 +196,9 @@ class PredictionStore:
         try:
             with self._guard("ping"), self._engine.begin() as connection:
                 connection.execute(self._heartbeat(time.time()))
-        except StoreUnavailable:
-            self._engine.dispose()
+        except StoreUnavailable as error:
+            if "locked" not in str(error):  # busy is not broken: its connections stay
+                self._engine.dispose()
             return False
         self._file_seen = True
         return True

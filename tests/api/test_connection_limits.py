@@ -89,14 +89,21 @@ def test_malformed_http_gets_the_services_json_error(server):
 
 def test_idle_connections_cannot_lock_everyone_out(server):
     base, _ = server
-    crowd = [connect(base) for _ in range(60)]  # more than IBRNET_MAX_CONNECTIONS
+    crowd = [connect(base) for _ in range(60)]  # more than IBRNET_MAX_CONNECTIONS (40)
     refused = 0
     for connection in crowd[45:]:
         status, body = answer(connection)
         refused += status == 503 and body["error"]["code"] == "too_many_connections"
-    assert refused == 15
-    time.sleep(1.5)  # the header timeout closes the idle ones
-    assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    assert refused >= 10  # (a slow machine may free a few slots through the 1 s header timeout)
+    deadline = time.monotonic() + 20  # the header timeout closes the idle ones
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "/health never answered again"
+        time.sleep(0.2)
     for connection in crowd:
         connection.close()
 
@@ -111,3 +118,19 @@ def test_sigterm_stops_the_server_while_a_client_trickles_a_body(models_dir, tmp
         process.wait(timeout=20)
         assert time.monotonic() - started < 10
         connection.close()
+
+
+def test_a_large_body_in_the_same_read_as_the_headers_is_not_counted_as_headers(server):
+    """8 KB of headers allowed, a 200 KB JSON body sent in one write with them: a normal request."""
+    base, _ = server
+    formulas = ",".join('"NaCl"' for _ in range(30_000)).encode()
+    body = b'{"formulas": [' + formulas + b"]}"
+    connection = connect(base)
+    head = (
+        b"POST /predict/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    )
+    connection.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    data = b""
+    while chunk := connection.recv(1 << 20):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]

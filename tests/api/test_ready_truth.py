@@ -31,7 +31,7 @@ async def test_a_deleted_sqlite_file_is_noticed_and_a_new_one_takes_the_writes(m
         await ready_until(client, 200)
         for leftover in path.parent.glob("cache.db*"):  # the file, its WAL and shared memory
             leftover.unlink()
-        body = (await client.get("/ready")).json()
+        body = await ready_until(client, 503)
         assert body["database"] == "unavailable" and "was deleted" in " ".join(body["reasons"])
         await ready_until(client, 200)  # a new file, schema included
         await client.post("/predict", json={"formula": "ZnS"})
@@ -53,6 +53,7 @@ async def test_a_read_only_database_is_not_ready_and_recovers_when_writable(mode
             else:
                 admin.execute(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
 
+    read_only(False)  # a run killed inside this test would have left the role read-only
     async with serve(make_settings(models_dir, postgres_schema_url)) as (app, client):
         await ready_until(client, 200)
         try:
