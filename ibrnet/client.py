@@ -367,7 +367,7 @@ class ScreenJob:
     def results(self) -> pd.DataFrame:
         """Every row so far (all of them once the job succeeded), page by page, in the job's order."""
         rows: list[dict[str, Any]] = []
-        # Page by key (next_after: an index seek on the service); a service without it, by offset.
+        # Page by key (next_after: no OFFSET for the service to count); an older service, by offset.
         params: dict[str, Any] = {"offset": 0, "limit": RESULTS_PAGE}
         while True:
             page = self._client._get_json(f"{self._path}/results", params=params)

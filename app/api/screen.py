@@ -240,7 +240,7 @@ async def results(
             "offset": offset,
             "limit": limit,
             "next_offset": next_offset,
-            # Deep pages of a big job: follow next_after (an index seek), not next_offset (a count).
+            # Deep pages of a big job: follow next_after (no rows to skip), not next_offset (a count).
             "next_after": _cursor(rows[-1]) if len(rows) == limit else None,
             "results": [api_row(row, job.models) for row in rows],
         }

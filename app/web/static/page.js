@@ -236,7 +236,7 @@ async function showResults(view) {
   const rows = [];
   let cursor = "offset=0";
   let count = 0;
-  // Pages by key (next_after): each page is an index seek on the service, however deep.
+  // Pages by key (next_after): each page starts where the last ended, with no OFFSET to count.
   while (cursor !== null && rows.length < SCREEN_FETCH_LIMIT) {
     const page = await apiJson(`/screen/${view.id}/results?${cursor}&limit=${SCREEN_PAGE}`);
     rows.push(...page.results);
