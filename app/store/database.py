@@ -83,14 +83,20 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def sqlite_file_missing(engine: Engine) -> str | None:
-    """The path of a file-backed SQLite database that no longer exists, else None."""
+def sqlite_file_identity(engine: Engine) -> tuple[str, int | None] | None:
+    """(path, inode or None if the file is missing) of a file-backed SQLite database, else None.
+
+    The inode tells a deleted file from the new one that the next connection creates at the same
+    path (connections opened before go on writing into the deleted one)."""
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return None if os.path.exists(database) else database
+    try:
+        return database, os.stat(database).st_ino
+    except FileNotFoundError:
+        return database, None
 
 
 def create_schema(engine: Engine) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
-from app.store.database import Base, SchemaGuard, StoreUnavailable, sqlite_file_missing
+from app.store.database import Base, SchemaGuard, StoreUnavailable, sqlite_file_identity
 from app.store.health import HealthRecord
 
 # SQLite's default bound-variable limit: 999 before 3.32, 32,766 since (sqlite.org/limits.html).
@@ -116,7 +116,7 @@ class PredictionStore:
         # Why the last call failed (for /ready and logs); None once a call succeeds again.
         self.last_error: str | None = None
         # A SQLite file this store has written to: its absence then means it was deleted.
-        self._file_seen = False
+        self._file_inode: int | None = None  # of the SQLite file this store writes to
 
     @property
     def engine(self) -> Engine:
@@ -168,6 +168,9 @@ class PredictionStore:
                 ]
                 paged = connection.execution_options(insertmanyvalues_page_size=self.insert_chunk_size)
                 paged.execute(_SQLITE_INSERT, parameters_per_row).close()
+        if self._file_inode is None:  # the file written to: its deletion is noticed by the next ping
+            identity = sqlite_file_identity(self._engine)
+            self._file_inode = identity[1] if identity is not None else None
 
     def _lookup_statement(self, model_version: str, keys: list[str]) -> tuple[Executable, dict[str, object]]:
         if self._postgres:
@@ -187,10 +190,12 @@ class PredictionStore:
         deleted under the service is noticed here (its open connections would go on writing into
         the deleted file); the next ping starts a new one.
         """
-        missing = sqlite_file_missing(self._engine)
-        if missing is not None and self._file_seen:  # not just "not created yet"
-            self._file_seen = False
-            self.last_error = f"the database file {missing} was deleted; starting a new, empty one"
+        identity = sqlite_file_identity(self._engine)
+        if identity is not None and self._file_inode is not None and identity[1] != self._file_inode:
+            # The file this store wrote to is gone (or another file took its path): drop every
+            # pooled connection, so all of them open what is at the path now.
+            self._file_inode = None
+            self.last_error = f"the database file {identity[0]} was deleted; starting a new, empty one"
             self._engine.dispose()
             return False
         try:
@@ -200,7 +205,8 @@ class PredictionStore:
             if "locked" not in str(error):  # busy is not broken: its connections stay
                 self._engine.dispose()
             return False
-        self._file_seen = True
+        identity = sqlite_file_identity(self._engine)
+        self._file_inode = identity[1] if identity is not None else None
         return True
 
     def _heartbeat(self, now: float) -> Executable:
