@@ -79,10 +79,6 @@ class Plan:
     outputs: tuple[str, ...]  # answered properties, derived ones included
     stability: bool  # e_above_hull is among the outputs
 
-    @property
-    def answered_models(self) -> list[LoadedModel]:
-        return [model for model in self.models if model.property in self.outputs]
-
 
 class Predictor:
     def __init__(

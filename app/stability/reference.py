@@ -79,18 +79,6 @@ class HullReference:
                 found.extend(self._by_elements.get(frozenset(subset), ()))
         return found
 
-    def subset(self, positions: Iterable[int], name: str) -> HullReference:
-        """A reference of some of these compounds (the evaluation leaves the test split out)."""
-        chosen = list(positions)
-        return HullReference(
-            name=name,
-            sha256=self.sha256,
-            keys=[self.keys[i] for i in chosen],
-            amounts=[self.amounts[i] for i in chosen],
-            energies=self.energies[chosen],
-            metadata=self.metadata,
-        )
-
 
 def load_reference(path: Path | None = None) -> HullReference:
     """The shipped Materials Project reference, or the CSV at ``path``; HullReferenceError if bad."""

@@ -169,8 +169,7 @@ class PredictionStore:
                 paged = connection.execution_options(insertmanyvalues_page_size=self.insert_chunk_size)
                 paged.execute(_SQLITE_INSERT, parameters_per_row).close()
         if self._file_inode is None:  # the file written to: its deletion is noticed by the next ping
-            identity = sqlite_file_identity(self._engine)
-            self._file_inode = identity[1] if identity is not None else None
+            self._remember_file()
 
     def _lookup_statement(self, model_version: str, keys: list[str]) -> tuple[Executable, dict[str, object]]:
         if self._postgres:
@@ -205,9 +204,13 @@ class PredictionStore:
             if "locked" not in str(error):  # busy is not broken: its connections stay
                 self._engine.dispose()
             return False
+        self._remember_file()
+        return True
+
+    def _remember_file(self) -> None:
+        """The inode of the SQLite file this store writes to (None for PostgreSQL)."""
         identity = sqlite_file_identity(self._engine)
         self._file_inode = identity[1] if identity is not None else None
-        return True
 
     def _heartbeat(self, now: float) -> Executable:
         table = HealthRecord.__table__
