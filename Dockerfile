@@ -8,7 +8,9 @@
 #
 # Neither image contains torch: serving runs ONNX Runtime only (the `train` extra is never
 # installed), and each target's last RUN fails the build if torch or the wrong onnxruntime got in.
-# CI has no Docker engine: tests/deploy/ lints this file with hadolint and checks its structure.
+# CI builds the cpu target with podman and runs it (scripts/container-check.sh: health, a prediction,
+# not root, the HEALTHCHECK, the PostgreSQL cache across a restart); tests/deploy/ lints this file
+# with hadolint and checks its structure.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # onnxruntime-gpu 1.27 and later are built for CUDA 13 + cuDNN 9 (NVIDIA driver >= 580). For an

@@ -2,6 +2,7 @@
 # make test    install the training and dev tools, start PostgreSQL and install Chromium when possible
 #              (root or CI), ruff + pytest
 # make lint    ruff and hadolint only
+# make container-check  build the cpu image with podman (root) and prove it serves; CI runs it
 # make clean   caches and build leftovers (keeps the virtual environment); distclean removes it too
 #
 # Each target builds its own virtual environment (VENV, default .venv) with Python 3.11. Stamp
@@ -26,10 +27,10 @@ STAMP_SERVE := $(VENV)/.stamp-serve
 STAMP_DEV := $(VENV)/.stamp-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint clean distclean
+.PHONY: help serve test lint container-check clean distclean
 
 help:
-	@echo "make serve | make test | make lint | make clean | make distclean  (VENV=$(VENV))"
+	@echo "make serve | make test | make lint | make container-check | make clean | make distclean  (VENV=$(VENV))"
 
 $(STAMP_VENV):
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +79,10 @@ test: $(STAMP_DEV)
 	fi; \
 	$(BIN)/ruff check .; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Root only (podman builds and runs the image as root here); installs podman from Debian if missing.
+container-check:
+	bash scripts/container-check.sh
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ HANDLERS: dict[str, str] = {
     "evaluate-stability": "training.stability:run",
     "compare": "training.compare:run",
     "select-members": "training.select_members:run",
+    "calibrate-interval": "training.intervals:run",
 }
 
 
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a shipped model's weights (an ensemble's MEMBER, default 0) and fine-tune: "
         "transfer between databases, e.g. OQMD formation enthalpy -> Materials Project",
     )
+    train.add_argument(
+        "--teacher",
+        metavar="MODEL_DIR",
+        help="distil this shipped ensemble into one network with a head per member (training/distill.py); "
+        "the transfer set is the train split minus every validation and test composition",
+    )
+    train.add_argument(
+        "--head-units", type=int, help="with --teacher: trunk units repeated in each head (default 3)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     export = commands.add_parser("export", help="export a trained run to ONNX + manifest")
@@ -130,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "oqmd-formation-enthalpy for a model that started from the OQMD network",
     )
     stability.add_argument("--json", action="store_true")
+
+    interval = commands.add_parser(
+        "calibrate-interval",
+        help="fit a shipped model's 90%% prediction interval on validation (split-conformal) into model.json",
+    )
+    interval.add_argument("model_dir", metavar="MODEL_DIR", nargs="+")
+    interval.add_argument("--data", help="the model's dataset (default: the packaged one model.json names)")
 
     evaluate = commands.add_parser("evaluate", help="score a model directory on a dataset split")
     evaluate.add_argument("model_dir", metavar="MODEL_DIR")

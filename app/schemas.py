@@ -44,6 +44,12 @@ class BatchPredictRequest(BaseModel):
     )
 
 
+class IntervalPublic(BaseModel):
+    low: float
+    high: float
+    level: float = Field(description="Share of true values the interval holds, e.g. 0.9")
+
+
 class PropertyPredictionPublic(BaseModel):
     value: float | None = Field(
         description="The prediction (null only if the model produced a non-finite number)"
@@ -51,7 +57,15 @@ class PropertyPredictionPublic(BaseModel):
     unit: str
     model: str = Field(description="Name of the model that answered")
     version: str = Field(description="The model version: derived from the ONNX file's sha256")
-    uncertainty: float | None = Field(description="Ensemble standard deviation; null for a single model")
+    uncertainty: float | None = Field(
+        description="One standard deviation (an ensemble's or a distilled network's heads', calibrated on "
+        "validation); null for a model without one"
+    )
+    interval: IntervalPublic | None = Field(
+        None,
+        description="Where the model has an uncertainty: the true value lies in [low, high] for `level` "
+        "(0.9) of compositions like the validation split's (split-conformal calibration)",
+    )
     cached: bool = Field(description="True when the value came from the prediction cache")
 
 

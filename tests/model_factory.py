@@ -20,6 +20,7 @@ from app.inference.manifest import (
     Architecture,
     DatasetInfo,
     FeatureSpec,
+    IntervalCalibration,
     ModelManifest,
     Output,
     SplitMetrics,
@@ -73,6 +74,10 @@ def build_graph(seed: int, *, ensemble: bool, width: int, salt: str = "") -> onn
     return model
 
 
+# The 90% interval a Gaussian sigma would have: what the served interval of the test ensemble uses.
+ENSEMBLE_INTERVAL = IntervalCalibration(level=0.9, scale=1.645)
+
+
 def write_model(
     model_dir: Path,
     *,
@@ -98,7 +103,7 @@ def write_model(
             spec="ef", version=featurizer.version, width=featurizer.width, elements=list(featurizer.labels)
         ),
         architecture=Architecture(name="tiny-mlp", parameters=parameters, config={"hidden": HIDDEN}),
-        output=Output(kind="ensemble", members=5) if ensemble else Output(),
+        output=Output(kind="ensemble", members=5, interval=ENSEMBLE_INTERVAL) if ensemble else Output(),
         dataset=DatasetInfo(name="synthetic", source="tests/model_factory.py", sizes={"train": 0}, sha256={}),
         metrics={"test": SplitMetrics(mae=0.0, rmse=0.0, r2=0.0, n=0)},
         training=TrainingInfo(command="tests/model_factory.py", seed=seed),

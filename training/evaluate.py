@@ -1,7 +1,8 @@
 """``ibrnet evaluate MODEL_DIR --data ... --split test``: MAE, RMSE, R2 and n through ONNX Runtime.
 
-For an ensemble (output [n, 2] = mean, sigma) it adds calibration: the share of rows within
-1 and 2 sigma and the Spearman rank correlation between sigma and |error|.
+For an ensemble or a distilled student (output [n, 2] = mean, sigma) it adds calibration: the
+share of rows within 1 and 2 sigma, the Spearman rank correlation between sigma and |error|, and
+the share of rows inside the served prediction interval (model.json's output.interval).
 
 Deliberately torch-free: it scores the shipped file exactly as the service would run it, and
 reproduces the metrics ``ibrnet export`` wrote into model.json (same data path, same ORT call).
@@ -58,9 +59,16 @@ def evaluate(model_dir: Path, request: DataRequest, split: str, variant: str = "
         "unit": manifest.unit,
         "dataset": dataset.name,
         "split": split,
-        **prediction_metrics(rows.y, predicted),
+        **prediction_metrics(
+            rows.y, predicted, manifest.output.interval, manifest.architecture.config.get("target_floor")
+        ),
         "skipped_rows": sum(rows.skipped.values()),
     }
+
+
+def manifest_level(model_dir: Path) -> float:
+    interval = ModelManifest.load(model_dir).output.interval
+    return interval.level if interval is not None else float("nan")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,4 +86,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"calibration: {100 * result['within_1_sigma']:.1f}% of rows within 1 sigma (68.3% if "
                   f"Gaussian), {100 * result['within_2_sigma']:.1f}% within 2 sigma (95.4%), Spearman "
                   f"rho(sigma, |error|) {result['sigma_error_spearman']:.3f}")  # fmt: skip
+        if "interval_coverage" in result:
+            level = manifest_level(Path(args.model_dir))
+            print(f"interval: {100 * result['interval_coverage']:.1f}% of rows inside the served "
+                  f"{100 * level:.0f}% interval")  # fmt: skip
     return 0

@@ -29,6 +29,7 @@ from app.inference.manifest import (
     Architecture,
     DatasetInfo,
     FeatureSpec,
+    IntervalCalibration,
     ModelManifest,
     Output,
     SplitMetrics,
@@ -36,11 +37,11 @@ from app.inference.manifest import (
     Variant,
     file_sha256,
 )
-from training import calibration, fp16, onnx_model, row_int8
+from training import calibration, fp16, intervals, onnx_model, row_int8
 from training.data import DataRequest, Dataset, load_dataset
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
-from training.nets import Ensemble, count_parameters
+from training.nets import Ensemble, StudentNet, combine, count_parameters
 from training.run_dir import load_best_model
 from training.train import TrainConfig, command_line, predict
 
@@ -106,11 +107,19 @@ def check_parity(module: torch.nn.Module, path: Path, x: np.ndarray) -> float:
     return worst
 
 
-def score(path: Path, dataset: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, SplitMetrics]:
+def score(
+    path: Path,
+    dataset: Dataset,
+    splits: tuple[str, ...] = ("val", "test"),
+    *,
+    interval: IntervalCalibration | None = None,
+    floor: float | None = None,
+) -> dict[str, SplitMetrics]:
     model = onnx_model.session(path)
     return {
         split: SplitMetrics(**prediction_metrics(dataset.splits[split].y,
-                                                 onnx_model.predict(model, dataset.splits[split].x)))
+                                                 onnx_model.predict(model, dataset.splits[split].x),
+                                                 interval, floor))
         for split in splits
     }  # fmt: skip
 
@@ -178,7 +187,13 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     first = configs[0]
     dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
     fit_weights = member_weights == "fitted"
-    module = models[0] if len(models) == 1 else calibrated_ensemble(models, dataset, fit_weights=fit_weights)
+    if len(models) > 1:
+        module: torch.nn.Module = calibrated_ensemble(models, dataset, fit_weights=fit_weights)
+    elif isinstance(models[0], StudentNet):
+        module = calibrated_student(models[0], dataset)
+    else:
+        module = models[0]
+    with_sigma = isinstance(module, Ensemble | StudentNet)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
     write_onnx(module, first["features"]["width"], onnx_path)
@@ -198,6 +213,11 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     storage: dict[str, Any] = {"storage": "float32"}
     if weights == "fp16":
         metrics, storage = store_fp16(onnx_path, dataset, metrics)
+    floor = first["net"].get("target_floor")
+    interval = None
+    if with_sigma:  # fitted on the file as served (after any fp16 rewrite), validation only
+        interval = intervals.fit_on_file(onnx_path, dataset)
+        metrics = score(onnx_path, dataset, interval=interval, floor=floor)
     info = {
         k: v for k, v in first["dataset"].items() if k not in ("property", "unit", "description", "citations")
     }
@@ -205,13 +225,17 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     citations = [*first["dataset"]["citations"], ARCHITECTURE_CITATIONS[first["train"]["arch"]]]
     if "pa" in features["spec"]:
         citations.append(PA_CITATION)
+    teacher = first["train"].get("teacher")
+    members = len(models) if len(models) > 1 else int(first["net"].get("heads", 1))
+    shape = f", ensemble of {members}" if len(models) > 1 else ""
+    if teacher:
+        shape = f", one network with {members} heads distilled from {Path(teacher).name}"
     manifest = ModelManifest(
         name=name or out_dir.resolve().name,
         property=first["dataset"]["property"],
         unit=first["dataset"]["unit"],
-        description=f"{first['train']['arch']} ({features['spec']} features"
-        + (f", ensemble of {len(models)}" if len(models) > 1 else "")
-        + f"): {first['dataset']['description']}",
+        description=f"{first['train']['arch']} ({features['spec']} features{shape}): "
+        f"{first['dataset']['description']}",
         features=FeatureSpec(
             spec=features["spec"],
             version=features["version"],
@@ -221,12 +245,13 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         architecture=_architecture(configs, module),
         output=Output(
             kind="ensemble",
-            members=len(models),
+            members=members,
             sigma_scale=float(module.sigma_scale),
             member_weights=[round(float(w), 6) for w in module.member_weights.flatten()],
-            member_weights_fit=member_weights,
+            member_weights_fit="teacher" if teacher else member_weights,
+            interval=interval,
         )
-        if isinstance(module, Ensemble)
+        if with_sigma
         else Output(),
         dataset=DatasetInfo(**info),
         metrics=metrics,
@@ -264,15 +289,31 @@ def calibrated_ensemble(
         fitted, equal = (np.abs(w @ each - val.y).mean() for w in (weights, equal_weights(len(models))))
         print(f"member weights fitted on validation: {', '.join(f'{w:.3f}' for w in weights)}; "
               f"validation MAE {fitted:.5f} (equal weights: {equal:.5f})", file=sys.stderr)  # fmt: skip
+    return scale_sigma(ensemble, stacked, val.y)
+
+
+def calibrated_student(student: StudentNet, dataset: Dataset) -> StudentNet:
+    """A distilled student whose heads' spread is scaled to one validation sigma (its mean weights are
+    the teacher's, fixed in training)."""
+    val = dataset.splits["val"]
     with torch.no_grad():
-        raw = ensemble.combine(stacked).double().numpy()
+        stacked = torch.cat([student.each_head(torch.from_numpy(val.x[i : i + 8192]))
+                             for i in range(0, len(val.y), 8192)], dim=1)  # fmt: skip
+    return scale_sigma(student, stacked, val.y)
+
+
+def scale_sigma(module: Ensemble | StudentNet, stacked: torch.Tensor, target: np.ndarray) -> Any:
+    """Set ``module.sigma_scale`` so that 68.3% of validation rows lie within one served sigma."""
+    module.sigma_scale.fill_(1.0)
+    with torch.no_grad():
+        raw = combine(stacked, module.member_weights, module.sigma_scale).double().numpy()
     mean, std = raw[:, 0], raw[:, 1]
-    scale = calibration.sigma_scale(val.y, mean, std)
-    ensemble.sigma_scale.fill_(scale)
-    raw_share = calibration_metrics(val.y, mean, std)["within_1_sigma"]
+    scale = calibration.sigma_scale(target, mean, std)
+    module.sigma_scale.fill_(scale)
+    raw_share = calibration_metrics(target, mean, std)["within_1_sigma"]
     print(f"uncertainty: {100 * raw_share:.1f}% of validation rows within one raw sigma; "
           f"sigma scaled by {scale:.3f} for 68.3%", file=sys.stderr)  # fmt: skip
-    return ensemble
+    return module
 
 
 def store_fp16(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.inference.manifest import IntervalCalibration
+
 
 def regression_metrics(target: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
     y = np.asarray(target, dtype=np.float64).ravel()
@@ -57,10 +59,25 @@ def calibration_metrics(target: np.ndarray, mean: np.ndarray, sigma: np.ndarray)
     }
 
 
-def prediction_metrics(target: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
-    """Regression metrics of column 0; for an ensemble's [n, 2] output, calibration of column 1 too."""
+def interval_coverage(target: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    y = np.asarray(target, dtype=np.float64).ravel()
+    return float(np.mean((np.asarray(low, np.float64) <= y) & (y <= np.asarray(high, np.float64))))
+
+
+def prediction_metrics(
+    target: np.ndarray, predicted: np.ndarray, interval: IntervalCalibration | None = None,
+    floor: float | None = None,
+) -> dict[str, float | int]:  # fmt: skip
+    """Regression metrics of column 0; for an [n, 2] output (mean, sigma), calibration of column 1
+    too, and with ``interval`` the share of rows inside the served interval."""
     values = np.asarray(predicted)
     metrics: dict[str, float | int] = regression_metrics(target, values[:, 0])
     if values.ndim == 2 and values.shape[1] == 2:
         metrics.update(calibration_metrics(target, values[:, 0], values[:, 1]))
+        if interval is not None:
+            mean, sigma = values[:, 0].astype(np.float64), values[:, 1].astype(np.float64)
+            low, high = interval.bounds(mean, sigma, None)  # type: ignore[arg-type]
+            if floor is not None:
+                low = np.maximum(low, floor)
+            metrics["interval_coverage"] = interval_coverage(target, low, high)
     return metrics

@@ -41,6 +41,10 @@ class NetConfig:
     # Predictions below it are raised to it (eval/export only: training keeps the gradient of a
     # too-low prediction). Training sets 0 when every training target is >= 0 (band gaps).
     target_floor: float | None = None
+    # A distilled student (training/distill.py): the trunk's last ``head_units`` residual units and
+    # the output layer are repeated ``heads`` times, one head per teacher member; 1: one plain network.
+    heads: int = 1
+    head_units: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +140,44 @@ class IBRNet(nn.Module):
         return self.norm.outputs(float32_head(self.head, self.trunk(merged)))
 
 
+class StudentNet(nn.Module):
+    """One iBRNet whose tail is split into heads: the branches and the first trunk units are shared,
+    each head is the last ``head_units`` units plus an output layer. Trained to match one teacher
+    member each, the heads keep the members' disagreement at the cost of one network.
+
+    ``forward`` serves what an Ensemble serves, y [n, 2] = the heads' weighted mean and their spread
+    times ``sigma_scale``; ``each_head`` gives the heads' outputs [k, n, 1] for training."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        if not 0 < config.head_units < len(config.trunk_widths):
+            raise ValueError(f"head_units must be between 1 and {len(config.trunk_widths) - 1}")
+        self.norm = Standardise(config)
+        slope = config.leaky_slope
+        shared, tail = config.trunk_widths[: -config.head_units], config.trunk_widths[-config.head_units :]
+        self.branches = nn.ModuleList(
+            _units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
+        )
+        self.trunk = _units(shared, config.branch_widths[-1], slope)
+        self.heads = nn.ModuleList(
+            nn.Sequential(_units(tail, shared[-1], slope), _dense(tail[-1], 1)) for _ in range(config.heads)
+        )
+        self.register_buffer("member_weights", torch.full((config.heads, 1, 1), 1.0 / config.heads))
+        self.register_buffer("sigma_scale", torch.tensor(1.0))
+
+    def each_head(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [k, n, 1], in the target's unit
+        x = self.norm.inputs(x)
+        merged = self.branches[0](x)
+        for branch in self.branches[1:]:
+            merged = merged + branch(x)
+        shared = self.trunk(merged)
+        outputs = [self.norm.outputs(float32_head(head[1], head[0](shared))) for head in self.heads]
+        return torch.stack(outputs, dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return combine(self.each_head(x), self.member_weights, self.sigma_scale)
+
+
 class IRNetLayer(nn.Module):
     """Dense -> BatchNorm -> ReLU with its own skip (a projection where the width changes)."""
 
@@ -203,8 +245,13 @@ class Ensemble(nn.Module):
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         """The members' outputs [k, n, 1] as the served [n, 2]."""
-        mean = (stacked * self.member_weights).sum(dim=0)
-        return torch.cat([mean, member_spread(stacked) * self.sigma_scale], dim=1)
+        return combine(stacked, self.member_weights, self.sigma_scale)
+
+
+def combine(stacked: torch.Tensor, weights: torch.Tensor, sigma_scale: torch.Tensor) -> torch.Tensor:
+    """Members' (or heads') outputs [k, n, 1] as the served [n, 2]: weighted mean, scaled spread."""
+    mean = (stacked * weights).sum(dim=0)
+    return torch.cat([mean, member_spread(stacked) * sigma_scale], dim=1)
 
 
 def member_spread(stacked: torch.Tensor) -> torch.Tensor:
@@ -214,6 +261,10 @@ def member_spread(stacked: torch.Tensor) -> torch.Tensor:
 
 
 def build_network(config: NetConfig) -> nn.Module:
+    if config.heads > 1:
+        if config.arch not in ("ibrnet", "brnet"):
+            raise ValueError("only iBRNet students have heads")
+        return StudentNet(config)
     if config.arch in ("ibrnet", "brnet"):  # one network; BRNet differs only in its training
         return IBRNet(config)
     if config.arch == "irnet":

@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from app.chemistry.elements import EF_ELEMENT_SET, EF_ELEMENTS
 from app.chemistry.featurizers import get_featurizer
-from training import plots
+from training import distill, plots
 from training.data import DataRequest, Dataset, describe, load_dataset
 from training.metrics import regression_metrics
 from training.nets import NetConfig, build_network, count_parameters
@@ -69,6 +68,8 @@ class TrainConfig:
     target_scaling: bool = True  # bake train mean/std of the target into the output layer
     weight_average_decay: float | None = None  # validate and keep an EMA of the weights (weight_average.py)
     init_from: str | None = None  # MODEL_DIR[#MEMBER]: start from a shipped model (warm_start.py)
+    teacher: str | None = None  # MODEL_DIR of an ensemble: distil it into one student (distill.py)
+    head_units: int = 3  # distillation: the trunk's last units, repeated once per teacher member
 
     @property
     def uses_rlrop(self) -> bool:
@@ -198,7 +199,8 @@ def normalisation(dataset: Dataset, labels: tuple[str, ...], target_scaling: boo
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).squeeze(1) for i in range(0, len(x), batch_size)])
+    # column 0: the prediction (a point model's only column, an ensemble's or student's mean)
+    return torch.cat([model(x[i : i + batch_size])[:, 0] for i in range(0, len(x), batch_size)])
 
 
 def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
@@ -264,6 +266,9 @@ def train(
     featurizer = get_featurizer(request.features)
     dataset = load_dataset(request)
     print(describe(dataset), file=sys.stderr)
+    teacher = distill.load_teacher(Path(config.teacher), dataset) if config.teacher else None
+    if teacher is not None:
+        dataset.splits["train"] = distill.transfer_split(dataset)
     train_split, val_split = dataset.splits["train"], dataset.splits["val"]
     if len(train_split.y) == 0 or len(val_split.y) == 0:
         raise SystemExit("ibrnet train: no usable rows in the train or validation split")
@@ -278,6 +283,9 @@ def train(
         _check_resumable(saved_config, config, request)
         net_config = NetConfig.from_dict(saved_config["net"])  # same normalisation as before
         model = build_network(net_config).to(device)
+    elif teacher is not None:
+        net_config, model = distill.student_from_teacher(teacher, config.head_units)
+        model = model.to(device)
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)
         model = model.to(device)
@@ -286,6 +294,12 @@ def train(
         net_config = NetConfig(arch=config.arch, input_width=featurizer.width, **stats)
         model = build_network(net_config).to(device)
     parameters = count_parameters(model)
+    if teacher is not None:
+        objective: distill.DistillationObjective | distill.TargetObjective = distill.DistillationObjective(
+            distill.teacher_outputs(teacher, x_train)
+        )
+    else:
+        objective = distill.TargetObjective()
     run_config = {
         "train": asdict(config),
         "net": net_config.to_dict(),
@@ -393,8 +407,8 @@ def train(
                 if len(index) < 2:  # BatchNorm cannot train on one row; a random row sits out this epoch
                     continue
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                    prediction = model(x_train.index_select(0, index)).squeeze(1)
-                loss = F.l1_loss(prediction, y_train.index_select(0, index))
+                    prediction = objective.forward(model, x_train.index_select(0, index))
+                loss = objective.loss(prediction, y_train.index_select(0, index), index, model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -526,6 +540,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         target_scaling=not getattr(args, "no_target_scaling", False),
         weight_average_decay=getattr(args, "weight_average_decay", None),
         init_from=getattr(args, "init_from", None),
+        teacher=getattr(args, "teacher", None),
+        head_units=getattr(args, "head_units", None) or TrainConfig.head_units,
     )
     request = DataRequest(
         data=args.data,

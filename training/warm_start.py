@@ -42,10 +42,7 @@ def load_member(model_dir: Path, member: int) -> tuple[NetConfig, torch.nn.Modul
     prefix = f"members.{member}." if manifest.output.kind == "ensemble" else ""
     # Keep the ModelProto alive while reading: a sub-message of a freed proto is not valid.
     source = onnx.load(str(model_dir / ONNX_FILE))
-    tensors = {
-        tensor.name.removesuffix(FP16_SUFFIX): _float32(tensor)
-        for tensor in source.graph.initializer
-    }
+    tensors = {tensor.name.removesuffix(FP16_SUFFIX): _float32(tensor) for tensor in source.graph.initializer}
     network = build_network(config)
     state = {}
     for name in network.state_dict():

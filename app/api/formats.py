@@ -80,8 +80,9 @@ async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[by
         yield b"".join(dumps(result) + b"\n" for result in chunk)
 
 
-# Every property's columns; a stability answer adds its own after them.
-_PROPERTY_COLUMNS = ("", "_uncertainty", "_unit", "_model", "_version", "_cached")
+# Every property's columns (_low/_high: the prediction interval, at the level model.json records);
+# a stability answer adds its own after them.
+_PROPERTY_COLUMNS = ("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached")
 _STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference")
 
 
@@ -106,6 +107,8 @@ def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
         row += [
             "" if p.value is None else repr(p.value),
             "" if p.uncertainty is None else repr(p.uncertainty),
+            "" if p.interval is None else repr(p.interval.low),
+            "" if p.interval is None else repr(p.interval.high),
             p.unit,
             p.model,
             p.version,

@@ -38,7 +38,7 @@ from app.screening.submit import prepare_screen
 from app.settings import Settings
 from app.stability.assess import DERIVED_COLUMNS, E_ABOVE_HULL, SOURCE_PROPERTY
 from app.stability.predicted_hull import Candidate, predicted_hull
-from app.store.database import StoreUnavailable
+from app.store.database import StoreFull, StoreUnavailable
 from app.store.jobs import FINISHED, Job, JobStore, ResultRow
 
 router = APIRouter(tags=["screening"])
@@ -84,6 +84,12 @@ _FINISHED = {409: {"model": ErrorResponse, "description": "The job already ended
 
 class JobsUnavailable(DomainError):
     status_code = 503
+
+
+class StorageFull(DomainError):
+    """The database is out of space: 507 Insufficient Storage until the operator makes room."""
+
+    status_code = 507
 
 
 class JobFinished(DomainError):
@@ -514,6 +520,8 @@ async def _store(operation: Callable[..., _T], *args: Any) -> _T:
     """A job-store call off the event loop; an unreachable database becomes a 503."""
     try:
         return await asyncio.to_thread(operation, *args)
+    except StoreFull as error:
+        raise StorageFull("storage_full", f"the database has no room for this: {error}") from None
     except StoreUnavailable as error:
         raise JobsUnavailable("database_unavailable", f"screening jobs need the database: {error}") from None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,14 +73,7 @@ def predict(
         answers.append({})
         for model in plan.models:
             value, uncertainty = (float(v) for v in outputs[model.property][row])
-            answers[-1][model.property] = PropertyPrediction(
-                None if math.isnan(value) else value,
-                model.unit,
-                model.name,
-                model.version,
-                None if math.isnan(uncertainty) else uncertainty,
-                False,
-            )
+            answers[-1][model.property] = model.answer(value, uncertainty, cached=False)
     derived = predictor.derive_sync(plan, good, answers)
     shaped = iter(
         predictor.shape(plan, answer, extra) for answer, extra in zip(answers, derived, strict=True)

@@ -253,5 +253,4 @@ class DynamicBatcher:
 
 def served_prediction(model: LoadedModel, row: CachedPrediction, *, cached: bool) -> PropertyPrediction:
     """A cache row (or a fresh model output) as the service answers it."""
-    value = row.value if math.isfinite(row.value) else None  # JSON has no NaN
-    return PropertyPrediction(value, model.unit, model.name, model.version, row.uncertainty, cached)
+    return model.answer(row.value, row.uncertainty, cached=cached)

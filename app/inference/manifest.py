@@ -32,8 +32,23 @@ class Architecture(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class IntervalCalibration(BaseModel):
+    """A ``level`` prediction interval, value +- scale * uncertainty (training/intervals.py)."""
+
+    level: float = 0.9
+    scale: float  # in units of the served uncertainty, fitted on validation (split-conformal)
+    method: str = "split-conformal on the validation split, scores |y - mean| / sigma"
+    calibration_rows: int | None = None
+
+    def bounds(self, value: float, uncertainty: float, floor: float | None) -> tuple[float, float]:
+        """The interval around ``value``; its low end never below the property's floor (band gaps >= 0)."""
+        low, high = value - self.scale * uncertainty, value + self.scale * uncertainty
+        return (low if floor is None else max(low, floor)), high
+
+
 class Output(BaseModel):
-    # point: y is [n, 1]; ensemble: y is [n, 2] = mean and standard deviation over members
+    # point: y is [n, 1]; ensemble: y is [n, 2] = mean and standard deviation over members (or over a
+    # distilled student's heads: architecture.config.heads > 1)
     kind: Literal["point", "ensemble"] = "point"
     members: int = 1
     # ensembles: the members' standard deviation is multiplied by this before it is served, fitted so
@@ -42,7 +57,9 @@ class Output(BaseModel):
     # ensembles: each member's weight in the served mean, in run-directory order (sigma always uses
     # every member); "equal", or "fitted" to the lowest validation MAE (training/member_weights.py)
     member_weights: list[float] | None = None
-    member_weights_fit: Literal["equal", "fitted"] | None = None
+    member_weights_fit: Literal["equal", "fitted", "teacher"] | None = None  # teacher: a student's
+    # models with an uncertainty: the prediction interval served beside it (None: no interval)
+    interval: IntervalCalibration | None = None
 
 
 class SplitMetrics(BaseModel):
@@ -54,6 +71,7 @@ class SplitMetrics(BaseModel):
     within_1_sigma: float | None = None
     within_2_sigma: float | None = None
     sigma_error_spearman: float | None = None
+    interval_coverage: float | None = None  # share of rows inside the served interval (output.interval)
 
 
 class DatasetInfo(BaseModel):

@@ -7,6 +7,7 @@ featurizer, ...) is skipped with its reason in ``ModelRegistry.failures``; the o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from app.inference.manifest import (
     file_sha256,
     version_from_sha256,
 )
+from app.inference.results import Interval, PropertyPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,17 @@ class LoadedModel:
         """The version its predictions are cached under: the model file's and the chemistry's
         (key rules, featurizer tables), so a change to either is a miss, not a stale row."""
         return f"{self.version}.{chemistry_fingerprint()[:12]}"
+
+    def answer(self, value: float, uncertainty: float | None, *, cached: bool) -> PropertyPrediction:
+        """A model output (or its cache row) as every caller receives it: no NaN (JSON has none),
+        and the calibrated prediction interval where the model has an uncertainty and one."""
+        finite = value if math.isfinite(value) else None
+        sigma = uncertainty if uncertainty is not None and math.isfinite(uncertainty) else None
+        calibration, interval = self.manifest.output.interval, None
+        if calibration is not None and finite is not None and sigma is not None:
+            floor = self.manifest.architecture.config.get("target_floor")
+            interval = Interval(*calibration.bounds(finite, sigma, floor), calibration.level)
+        return PropertyPrediction(finite, self.unit, self.name, self.version, sigma, interval, cached)
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """float32 [n, width] -> float32 [n, 2]: value, and standard deviation (NaN for a point model)."""

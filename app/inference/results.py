@@ -13,12 +13,29 @@ from app.errors import DomainError
 
 
 @dataclass(frozen=True, slots=True)
+class Interval:
+    """A prediction interval: the true value lies in [low, high] for ``level`` of compositions like
+    the validation split's (split-conformal; the model's model.json says how it was fitted)."""
+
+    low: float
+    high: float
+    level: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"low": self.low, "high": self.high, "level": self.level}
+
+    def shifted(self, by: float) -> Interval:
+        return Interval(self.low + by, self.high + by, self.level)
+
+
+@dataclass(frozen=True, slots=True)
 class PropertyPrediction:
     value: float | None  # None only when a model produced a non-finite number (JSON has no NaN)
     unit: str
     model: str
     version: str
-    uncertainty: float | None  # ensemble standard deviation; None for a single model
+    uncertainty: float | None  # ensemble (or distilled heads') standard deviation; None for a point model
+    interval: Interval | None  # where the model has an uncertainty and a calibrated interval
     cached: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -28,6 +45,7 @@ class PropertyPrediction:
             "model": self.model,
             "version": self.version,
             "uncertainty": self.uncertainty,
+            "interval": None if self.interval is None else self.interval.to_dict(),
             "cached": self.cached,
         }
 

@@ -28,7 +28,7 @@ from app.screening.sources import source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
 from app.stability.assess import E_ABOVE_HULL, StabilityAssessor
-from app.store.database import StoreUnavailable
+from app.store.database import StoreFull, StoreUnavailable
 from app.store.jobs import FAILED, SUCCEEDED, Job, JobStore, Ranking
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,8 @@ class ScreeningRunner:
             self.current_job = job.id
             try:
                 self._run(job)
+            except StoreFull as error:
+                self._out_of_space(job, error)
             except StoreUnavailable as error:  # only while stopping: the lease brings the job back
                 logger.warning("screening job %s left to its lease: %s", job.id, error)
             except Exception:  # a bug must fail one job, never the runner
@@ -241,6 +243,21 @@ class ScreeningRunner:
         if expired:
             logger.info("screening: deleted %d job(s) past the retention period", len(expired))
 
+    def _out_of_space(self, job: Job, error: StoreFull) -> None:
+        """A full database fails the job that was writing (retrying would never end: the job stayed
+        "running" for ever) and deletes its partial rows, which gives their room back to the others."""
+        logger.error("screening job %s: the database is full; the job fails: %s", job.id, error)
+        message = (
+            f"storage_full: the database ran out of space at row {job.done} of {job.total} "
+            f"({error}); the job's partial results were deleted. Free space or delete finished "
+            "jobs, then submit it again"
+        )
+        try:
+            self.jobs.drop_results(job.id)
+        except StoreUnavailable:
+            logger.exception("screening job %s: cannot delete its partial results", job.id)
+        self._finish(job, FAILED, message)
+
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         try:
             self._with_store(lambda: self.jobs.finish(job.id, self.owner, status, error))
@@ -253,6 +270,8 @@ class ScreeningRunner:
         while True:
             try:
                 return operation()
+            except StoreFull:
+                raise  # no wait makes room: the job fails (_out_of_space)
             except StoreUnavailable as error:
                 self.last_error = str(error)
                 if self._stopping.is_set():

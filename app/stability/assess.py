@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import DomainError
+from app.inference.results import Interval
 from app.stability.hull import HullCache
 from app.stability.reference import HullReference
 
@@ -69,13 +70,14 @@ def models_to_run(
 
 @dataclass(frozen=True, slots=True)
 class StabilityPrediction:
-    """Shaped like PropertyPrediction (same first six fields, same order), plus the hull's answer."""
+    """Shaped like PropertyPrediction (the same fields, in to_dict's order), plus the hull's answer."""
 
     value: float | None
     unit: str
     model: str
     version: str
     uncertainty: float | None
+    interval: Interval | None  # the source model's interval, moved with the value onto the hull's scale
     cached: bool
     p_stable: float | None
     decomposition: dict[str, float] | None  # competing phases -> share of the atoms
@@ -223,6 +225,7 @@ class StabilityAssessor:
                 model=source.model,
                 version=source.version,
                 uncertainty=None,
+                interval=None,
                 cached=source.cached,
                 p_stable=None,
                 decomposition=None,
@@ -233,10 +236,19 @@ class StabilityAssessor:
             if math.isfinite(above[row]):
                 hull = self.hulls.get(frozenset(composition))
                 fractions = hull.fractions([composition])[0]
+                element = sizes[row] == 1  # on the hull by definition: no uncertainty at all
+                interval = source.interval
+                if interval is not None:  # e_above_hull = energy - hull energy: the same shift
+                    interval = (
+                        Interval(0.0, 0.0, interval.level)
+                        if element
+                        else interval.shifted(float(above[row]) - source.value)
+                    )
                 answer = replace(
                     answer,
                     value=float(above[row]),
-                    uncertainty=0.0 if sizes[row] == 1 else source.uncertainty,
+                    uncertainty=0.0 if element else source.uncertainty,
+                    interval=interval,
                     p_stable=float(probability[row]),
                     decomposition=hull.decomposition(fractions, int(facets[row])),
                 )

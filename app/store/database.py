@@ -39,6 +39,25 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or refused the operation; callers carry on without it."""
 
 
+class StoreFull(StoreUnavailable):
+    """The database has no room left (a full disk, or a size limit): waiting does not help, so a
+    writer that cannot shrink what it writes must stop (a screening job fails) rather than retry."""
+
+
+# SQLITE_FULL (a full disk, or PRAGMA max_page_count reached) and PostgreSQL's disk_full.
+_SQLITE_FULL = 13
+_POSTGRES_DISK_FULL = "53100"
+
+
+def out_of_space(error: BaseException) -> bool:
+    original = getattr(error, "orig", None) or error
+    if getattr(original, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    if getattr(original, "sqlstate", None) == _POSTGRES_DISK_FULL:
+        return True
+    return "database or disk is full" in str(original) or "no space left on device" in str(original).lower()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a sqlite:// or postgresql:// URL, tuned for the service (see module notes)."""
     parsed = make_url(url)
@@ -166,7 +185,8 @@ class SchemaGuard:
             raise
         except (DBAPIError, PoolTimeoutError) as error:
             self._schema_ready = False
-            raise StoreUnavailable(f"{self._store} {operation}: {describe(error)}") from error
+            kind = StoreFull if out_of_space(error) else StoreUnavailable
+            raise kind(f"{self._store} {operation}: {describe(error)}") from error
 
 
 def _already_exists(error: DBAPIError) -> bool:

@@ -225,6 +225,13 @@ class JobStore:
             connection.execute(delete(ScreeningJobRecord).where(_JOBS.c.id == job_id))
         return True
 
+    def drop_results(self, job_id: str) -> int:
+        """Delete a job's result rows (keeping the job): how many."""
+        with self._guard("drop_results"), self._engine.begin() as connection:
+            return connection.execute(
+                delete(ScreeningResultRecord).where(_RESULTS.c.job_id == job_id)
+            ).rowcount
+
     def expire(self, finished_before: float) -> list[str]:
         """Delete every job that stopped before this time (retention); the ids deleted."""
         statement = select(_JOBS.c.id).where(

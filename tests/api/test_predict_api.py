@@ -21,7 +21,7 @@ from tests.model_factory import STANDARD_MODELS, reference_outputs
 pytestmark = pytest.mark.anyio
 
 PROPERTIES = sorted(str(spec["property_name"]) for spec in STANDARD_MODELS)
-FIELDS = {"value", "unit", "model", "version", "uncertainty", "cached"}
+FIELDS = {"value", "unit", "model", "version", "uncertainty", "interval", "cached"}
 
 
 def expected(app: FastAPI, formula: str, property_name: str) -> tuple[float, float]:
@@ -52,8 +52,15 @@ async def test_predict_answers_every_property_with_the_contract_fields(app, clie
         if model.manifest.output.kind == "ensemble":  # the ensemble's std flows through
             assert prediction["uncertainty"] == pytest.approx(std, rel=1e-5, abs=1e-5)
             assert prediction["uncertainty"] > 0
+            scale = model.manifest.output.interval.scale  # value +- scale * sigma, at its level
+            assert prediction["interval"] == {
+                "low": pytest.approx(prediction["value"] - scale * prediction["uncertainty"]),
+                "high": pytest.approx(prediction["value"] + scale * prediction["uncertainty"]),
+                "level": 0.9,
+            }
         else:
             assert prediction["uncertainty"] is None
+            assert prediction["interval"] is None
 
 
 async def test_second_request_for_the_same_composition_is_cached(app, client):
@@ -143,9 +150,11 @@ async def test_batch_streams_csv_with_the_same_rows(client):
             assert row[f"{name}_version"] == prediction["version"]
             assert row[f"{name}_unit"] == prediction["unit"]
             if prediction["uncertainty"] is None:
-                assert row[f"{name}_uncertainty"] == ""
+                assert row[f"{name}_uncertainty"] == row[f"{name}_low"] == row[f"{name}_high"] == ""
             else:
                 assert float(row[f"{name}_uncertainty"]) == pytest.approx(prediction["uncertainty"])
+                assert float(row[f"{name}_low"]) == pytest.approx(prediction["interval"]["low"])
+                assert float(row[f"{name}_high"]) == pytest.approx(prediction["interval"]["high"])
 
 
 async def test_batch_streams_ndjson_with_the_same_rows(app, client):

@@ -87,3 +87,39 @@ async def test_files_of_a_running_job_wait_until_it_stops(models_dir, tmp_path):
     assert page.status_code == 200
     indices = [line.split(",", 1)[0] for line in final.text.splitlines()[1:]]
     assert len(indices) == len(set(indices)) == total
+
+
+def _cap_database(engine, extra_pages: int | None) -> None:
+    """SQLite's own size limit (PRAGMA max_page_count) on every connection: writes past it fail with
+    SQLITE_FULL, the very error of a full disk. None lifts the limit again."""
+    from sqlalchemy import event
+
+    def cap(connection, _record) -> None:
+        cursor = connection.cursor()
+        pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+        cursor.execute(f"PRAGMA max_page_count = {pages + extra_pages if extra_pages else 1073741823}")
+        cursor.close()
+
+    for listener in list(getattr(engine, "_test_caps", [])):
+        event.remove(engine, "connect", listener)
+    event.listen(engine, "connect", cap)
+    engine._test_caps = [cap]
+    engine.dispose()  # pooled connections were opened without the cap
+
+
+async def test_a_full_database_fails_the_job_frees_its_rows_and_the_service_recovers(models_dir, tmp_path):
+    """A full disk left the job "running" for ever while the runner retried (issue 17, defect 4)."""
+    settings = screen_settings(models_dir, tmp_path, screen_chunk_pause_ms=20.0)
+    async with serve(settings) as (app, client):
+        jobs = app.state.screening.jobs
+        _cap_database(jobs.engine, extra_pages=12)  # ~48 kB: a few chunks of this screen
+        job = (await client.post("/screen", json={"chemsys": "Li-Fe-O", "max_atoms": 24})).json()
+        failed = await wait_for(client, job["id"], statuses=("failed",))
+        rows_left = jobs.count_results(job["id"])
+        _cap_database(jobs.engine, extra_pages=None)
+        again = (await client.post("/screen", json={"formulas": ["Fe2O3", "NaCl"]})).json()
+        recovered = await wait_for(client, again["id"])
+    assert failed["error"].startswith("storage_full: the database ran out of space"), failed
+    assert "partial results were deleted" in failed["error"]
+    assert rows_left == 0  # its room went back to the others
+    assert recovered["status"] == "succeeded"

@@ -18,7 +18,7 @@ from app.stability.reference import HullReferenceError, load_reference
 
 
 def source(value: float, sigma: float | None = 0.1) -> PropertyPrediction:
-    return PropertyPrediction(value, "eV/atom", "mp", "v1", sigma, False)
+    return PropertyPrediction(value, "eV/atom", "mp", "v1", sigma, None, False)
 
 
 def test_a_two_element_hull_matches_the_one_drawn_on_paper(paper_reference):
