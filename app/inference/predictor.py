@@ -1,9 +1,11 @@
-"""Formulas in, predictions out: parse once, then let each model's batcher do the rest.
+"""Formulas in, predictions out: parse once, then let the batchers do the rest.
 
 ``predict_chunks`` is the one pipeline behind /predict, /predict/batch and their streamed
 forms. Each formula is parsed once (checked against the elements every requested model
-accepts); the distinct compositions go to each model's DynamicBatcher, which looks them up in
-the cache, computes the misses and hands new rows to the writer, per batch. Large inputs go
+accepts); the distinct compositions go to the DynamicBatcher of each feature set the requested
+models read (one for the shipped models, which all read ef+pa), whose batch work
+(app/inference/batch_work.py) looks them up in the cache, featurizes the misses once, runs each
+model and hands new rows to the writer, per batch. Large inputs go
 through in chunks: while ONNX Runtime works on one chunk (without the GIL), the next one is
 parsed, so a large batch keeps the model busy instead of alternating between Python and ORT.
 """
@@ -22,7 +24,8 @@ import numpy as np
 
 from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, parse_formula
 from app.errors import DomainError
-from app.inference.batcher import DynamicBatcher, served_prediction
+from app.inference.batch_work import Answer, PredictionRequest, feature_sets, predict_formulas
+from app.inference.batcher import DynamicBatcher
 from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.registry import LoadedModel, ModelRegistry
@@ -86,7 +89,7 @@ class Predictor:
         registry: ModelRegistry,
         store: PredictionStore | None = None,
         writer: CacheWriter | None = None,
-        batchers: Mapping[str, DynamicBatcher] | None = None,
+        batchers: Mapping[str, DynamicBatcher[PredictionRequest, Answer]] | None = None,
         metrics: ServiceMetrics | None = None,
         *,
         cache: PredictionCache | None = None,
@@ -213,7 +216,7 @@ class Predictor:
             row = self.cache.recall(model.cache_version, key)
             if row is None:
                 return None
-            answers[model.property] = served_prediction(model, row, cached=True)
+            answers[model.property] = model.answer(row.value, row.uncertainty, cached=True)
         for model in models:
             self._hits[model.property].inc()
         return answers
@@ -284,13 +287,18 @@ class Predictor:
     async def _answers(
         self, models: Sequence[LoadedModel], formulas: list[ParsedFormula]
     ) -> list[list[PropertyPrediction]]:
-        """Each model's predictions for ``formulas`` (distinct compositions), in that order."""
+        """Each model's predictions for ``formulas`` (distinct compositions), in that order: one
+        submission per feature set, so the models reading the same features share one featurization."""
         try:
-            if len(models) == 1:
-                return [await self.batchers[models[0].property].submit_formulas(formulas)]
-            return list(
-                await asyncio.gather(*(self.batchers[m.property].submit_formulas(formulas) for m in models))
+            groups = feature_sets(models)
+            answered = await asyncio.gather(
+                *(
+                    predict_formulas(self.batchers[spec], formulas, tuple(group))
+                    for spec, group in groups.items()
+                )
             )
+            merged = {name: answer for answers in answered for name, answer in answers.items()}
+            return [merged[model.property] for model in models]
         except DomainError:
             raise
         except Exception as error:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from app.inference.batch_work import Answer, PredictionRequest, prediction_batchers
 from app.inference.batcher import DynamicBatcher
 from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
@@ -35,7 +36,7 @@ class Services:
     engine: Engine
     store: PredictionStore
     writer: CacheWriter
-    batchers: dict[str, DynamicBatcher]
+    batchers: dict[str, DynamicBatcher[PredictionRequest, Answer]]  # feature set -> its batcher
     predictor: Predictor
 
     @classmethod
@@ -70,16 +71,13 @@ class Services:
         metrics.watch_remembered_rows(lambda: len(recent))
         cache = PredictionCache(store, writer, metrics, recent=recent)
 
-        batchers = {
-            model.property: DynamicBatcher(
-                model,
-                max_size=settings.batch_max_size,
-                max_wait_ms=settings.batch_max_wait_ms,
-                metrics=metrics,
-                cache=cache,
-            )
-            for model in registry.models
-        }
+        batchers = prediction_batchers(
+            registry.models,
+            metrics,
+            cache,
+            max_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+        )
         for batcher in batchers.values():
             batcher.start()
         predictor = Predictor(

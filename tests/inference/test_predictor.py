@@ -11,7 +11,7 @@ from sqlalchemy import event
 
 from app.chemistry.featurizers import get_featurizer
 from app.chemistry.formula import parse_formula
-from app.inference.batcher import DynamicBatcher
+from app.inference.batch_work import prediction_batchers
 from app.inference.cache import PredictionCache
 from app.inference.metrics import ServiceMetrics
 from app.inference.predictor import ItemError, PredictionResult, Predictor, allowed_elements
@@ -27,10 +27,7 @@ pytestmark = pytest.mark.anyio
 async def running_predictor(registry, store=None, writer=None) -> Predictor:
     metrics = ServiceMetrics()
     cache = PredictionCache(store, writer, metrics) if store is not None else None
-    batchers = {
-        m.property: DynamicBatcher(m, max_size=128, max_wait_ms=1, metrics=metrics, cache=cache)
-        for m in registry.models
-    }
+    batchers = prediction_batchers(registry.models, metrics, cache, max_size=128, max_wait_ms=1)
     for batcher in batchers.values():
         batcher.start()
     return Predictor(registry, store, writer, batchers, metrics, cache=cache)
