@@ -35,6 +35,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -85,7 +86,12 @@ class ScreeningResultRecord(Base):
     # {"p": {property: [value, uncertainty]}} or {"error": {...}}: properties vary per job.
     payload: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_screening_results_rank", "job_id", "sort_value", "row_index"),)
+    # A sorted job's pages walk one of these in order (ascending or descending value, ties in input
+    # order), so no page sorts the job's rows (jobs.results).
+    __table_args__ = (
+        Index("ix_screening_results_rank", "job_id", "sort_value", "row_index"),
+        Index("ix_screening_results_rank_desc", "job_id", text("sort_value DESC"), "row_index"),
+    )
 
 
 @dataclass(frozen=True)
@@ -363,13 +369,38 @@ class JobStore:
     ) -> list[ResultRow]:
         """``limit`` rows in result order: those past ``after`` (a row of an earlier page: the index
         walks straight there), or past the first ``offset`` rows (the database counts them: slow
-        for deep pages of a big job)."""
-        statement = self._ordered(job)
-        if after is not None:
-            statement = statement.where(self._beyond(job, after))
-        statement = statement.offset(offset).limit(limit)
-        with self._guard("results"), self._engine.connect() as connection:
-            return [_result(row) for row in connection.execute(statement)]
+        for deep pages of a big job).
+
+        A sorted job's order is its rankable rows by value (ties in input order), then the rows
+        without a value (refused formulas) in input order. Each part is read in the order of an
+        index (ix_screening_results_rank or _rank_desc), so a page costs its own rows, never a sort
+        of the whole job."""
+        if job.request.get("sort_by") is None:
+            statement = self._columns(job).order_by(_RESULTS.c.row_index)
+            if after is not None:
+                statement = statement.where(_RESULTS.c.row_index > after.row_index)
+            return self._fetch(statement.offset(offset).limit(limit))
+        value, index = _RESULTS.c.sort_value, _RESULTS.c.row_index
+        ascending = job.request.get("ascending", True)
+        rows: list[ResultRow] = []
+        if after is None or after.sort_value is not None:
+            ranked = self._columns(job).where(value.is_not(None))
+            if after is not None:
+                beyond = value > after.sort_value if ascending else value < after.sort_value
+                ranked = ranked.where(or_(beyond, and_(value == after.sort_value, index > after.row_index)))
+            ranked = ranked.order_by(value.asc() if ascending else value.desc(), index)
+            rows = self._fetch(ranked.offset(offset).limit(limit))
+            if len(rows) == limit:
+                return rows
+            if offset and not rows:  # the offset reaches past the ranked rows: into the tail
+                offset -= self._count(job, value.is_not(None))
+            else:
+                offset = 0
+        tail = self._columns(job).where(value.is_(None))
+        if after is not None and after.sort_value is None:
+            tail = tail.where(index > after.row_index)
+        tail = tail.order_by(index).offset(max(offset, 0)).limit(limit - len(rows))
+        return rows + self._fetch(tail)
 
     def iter_results(self, job: Job, batch_size: int = 5000) -> Iterator[list[ResultRow]]:
         """All of a job's rows in result order, a batch at a time (memory stays at one batch), each
@@ -383,31 +414,23 @@ class JobStore:
             last = batch[-1]
 
     @staticmethod
-    def _beyond(job: Job, row: ResultRow) -> Any:
-        """Rows after ``row`` in the order of ``_ordered``."""
-        index = _RESULTS.c.row_index
-        if job.request.get("sort_by") is None:
-            return index > row.row_index
-        value = _RESULTS.c.sort_value
-        if row.sort_value is None:  # in the unrankable tail: input order
-            return and_(value.is_(None), index > row.row_index)
-        ranks_after = value > row.sort_value if job.request.get("ascending", True) else value < row.sort_value
-        return or_(value.is_(None), ranks_after, and_(value == row.sort_value, index > row.row_index))
-
-    def _ordered(self, job: Job) -> Any:
-        columns = select(
+    def _columns(job: Job) -> Any:
+        return select(
             _RESULTS.c.row_index,
             _RESULTS.c.formula,
             _RESULTS.c.composition,
             _RESULTS.c.sort_value,
             _RESULTS.c.payload,
         ).where(_RESULTS.c.job_id == job.id)
-        if job.request.get("sort_by") is None:
-            return columns.order_by(_RESULTS.c.row_index)
-        value = _RESULTS.c.sort_value
-        direction = value.asc() if job.request.get("ascending", True) else value.desc()
-        # Unrankable rows (refused formulas) last on both dialects; ties in input order.
-        return columns.order_by(value.is_(None), direction, _RESULTS.c.row_index)
+
+    def _fetch(self, statement: Any) -> list[ResultRow]:
+        with self._guard("results"), self._engine.connect() as connection:
+            return [_result(row) for row in connection.execute(statement)]
+
+    def _count(self, job: Job, condition: Any) -> int:
+        statement = select(func.count()).select_from(_RESULTS).where(_RESULTS.c.job_id == job.id, condition)
+        with self._guard("count"), self._engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
 
 
 _JOBS = ScreeningJobRecord.__table__
