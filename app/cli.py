@@ -99,7 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
         "the transfer set is the train split minus every validation and test composition",
     )
     train.add_argument(
-        "--head-units", type=int, help="with --teacher: trunk units repeated in each head (default 3)"
+        "--head-units",
+        type=int,
+        help="with --teacher or --heads: trunk units repeated in each head (default 3)",
+    )
+    train.add_argument(
+        "--transfer-extra",
+        type=float,
+        metavar="TIMES",
+        help="with --teacher: add TIMES x the train split of compositions one atom away from train ones, "
+        "labelled by the teacher only (never a composition of any split)",
+    )
+    train.add_argument(
+        "--spread-weight",
+        type=float,
+        help="with --teacher: weight of |spread(heads) - spread(members)| in the loss (default 1; 0: none)",
+    )
+    train.add_argument(
+        "--heads",
+        type=int,
+        help="with --init-from and no teacher: grow this many heads on the source's trunk, each trained "
+        "on the target; their spread is the uncertainty",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -33,7 +33,7 @@ from app.chemistry.featurizers import get_featurizer
 from training import distill, plots
 from training.data import DataRequest, Dataset, describe, load_dataset
 from training.metrics import regression_metrics
-from training.nets import NetConfig, build_network, count_parameters
+from training.nets import NetConfig, StudentNet, build_network, count_parameters
 from training.run_dir import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -70,6 +70,11 @@ class TrainConfig:
     init_from: str | None = None  # MODEL_DIR[#MEMBER]: start from a shipped model (warm_start.py)
     teacher: str | None = None  # MODEL_DIR of an ensemble: distil it into one student (distill.py)
     head_units: int = 3  # distillation: the trunk's last units, repeated once per teacher member
+    transfer_extra: float = (
+        0.0  # distillation: neighbouring compositions, times the train split, teacher-labelled
+    )
+    heads: int = 1  # with init_from and no teacher: grow this many heads, each trained on the target
+    spread_weight: float = 1.0  # distillation: weight of |spread(heads) - spread(members)| in the loss
 
     @property
     def uses_rlrop(self) -> bool:
@@ -268,7 +273,9 @@ def train(
     print(describe(dataset), file=sys.stderr)
     teacher = distill.load_teacher(Path(config.teacher), dataset) if config.teacher else None
     if teacher is not None:
-        dataset.splits["train"] = distill.transfer_split(dataset)
+        dataset.splits["train"] = distill.transfer_split(
+            dataset, featurizer, config.transfer_extra, config.seed
+        )
     train_split, val_split = dataset.splits["train"], dataset.splits["val"]
     if len(train_split.y) == 0 or len(val_split.y) == 0:
         raise SystemExit("ibrnet train: no usable rows in the train or validation split")
@@ -288,6 +295,8 @@ def train(
         model = model.to(device)
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)
+        if config.heads > 1:
+            net_config, model = distill.heads_on_network(model, net_config, config.heads, config.head_units)
         model = model.to(device)
     else:
         stats = normalisation(dataset, featurizer.labels, config.target_scaling)
@@ -295,9 +304,10 @@ def train(
         model = build_network(net_config).to(device)
     parameters = count_parameters(model)
     if teacher is not None:
-        objective: distill.DistillationObjective | distill.TargetObjective = distill.DistillationObjective(
-            distill.teacher_outputs(teacher, x_train)
-        )
+        targets = distill.teacher_outputs(teacher, x_train)
+        objective: Any = distill.DistillationObjective(targets, config.spread_weight)
+    elif isinstance(model, StudentNet):
+        objective = distill.IndependentHeadsObjective()
     else:
         objective = distill.TargetObjective()
     run_config = {
@@ -542,6 +552,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest
         init_from=getattr(args, "init_from", None),
         teacher=getattr(args, "teacher", None),
         head_units=getattr(args, "head_units", None) or TrainConfig.head_units,
+        transfer_extra=getattr(args, "transfer_extra", None) or 0.0,
+        heads=getattr(args, "heads", None) or 1,
+        spread_weight=TrainConfig.spread_weight
+        if getattr(args, "spread_weight", None) is None
+        else args.spread_weight,
     )
     request = DataRequest(
         data=args.data,

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from app.chemistry.featurizers import get_featurizer
+from app.chemistry.formula import parse_formula
 from app.cli import main
 from app.inference.manifest import ONNX_FILE, ModelManifest
 from training import distill, intervals, onnx_model
@@ -225,3 +227,58 @@ def test_an_interval_never_reaches_below_the_propertys_floor():
     assert calibration.bounds(0.1, 0.2, 0.0) == (0.0, 0.5)
     low, high = calibration.bounds(0.1, 0.2, None)
     assert math.isclose(low, -0.3) and math.isclose(high, 0.5)
+
+
+def test_neighbouring_compositions_are_in_no_split_and_have_no_target(ensemble_folder):
+    """--transfer-extra: teacher-labelled compositions one atom away from train ones; never one of
+    any split (train, validation or test), never twice, and without a true value."""
+    dataset = load_dataset(DataRequest(str(ensemble_folder)))
+    featurizer = get_featurizer(dataset.features)
+    transfer = distill.transfer_split(dataset, featurizer, extra=1.0, seed=0)
+    train = dataset.splits["train"]
+    added = len(transfer.y) - len(train.y)
+    assert added > 0.8 * len(train.y)
+    extra_keys = [composition_key(f) for f in transfer.formulas[len(train.y) :]]
+    every_split = {composition_key(f) for split in dataset.splits.values() for f in split.formulas}
+    assert not set(extra_keys) & every_split
+    assert len(set(extra_keys)) == added
+    assert np.isnan(transfer.y[len(train.y) :]).all() and np.isfinite(transfer.y[: len(train.y)]).all()
+    np.testing.assert_array_equal(transfer.x[len(train.y) :], featurizer.transform(
+        [parse_formula(f) for f in transfer.formulas[len(train.y) :]]))  # fmt: skip
+
+
+def test_the_spread_term_pulls_the_heads_apart_like_the_members():
+    targets = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    objective = distill.DistillationObjective(targets, spread_weight=1.0)
+    heads = torch.zeros(2, 2, requires_grad=True)  # identical heads: no spread yet
+
+    class Weights(torch.nn.Module):
+        member_weights = torch.full((2, 1, 1), 0.5)
+
+    loss = objective.loss(heads, torch.tensor([0.5, 2.0]), torch.tensor([0, 1]), Weights())
+    loss.backward()
+    assert torch.isfinite(heads.grad).all()
+    without = distill.DistillationObjective(targets, spread_weight=0.0)
+    assert float(
+        without.loss(heads.detach(), torch.tensor([0.5, 2.0]), torch.tensor([0, 1]), Weights())
+    ) < loss.item()
+
+
+def test_heads_grown_on_one_network_serve_an_uncertainty(ensemble_members, ensemble_folder, tmp_path):
+    """A property served by one network (band gap) gets heads trained on the target from the
+    network's own trunk: one network still, now with sigma and an interval."""
+    point = tmp_path / "point"
+    assert main(["export", str(ensemble_members[0]), "--out", str(point)]) == 0
+    run, model = tmp_path / "heads", tmp_path / "heads-model"
+    args = ["train", "--data", str(ensemble_folder), "--init-from", str(point), "--heads", "3",
+            "--out", str(run), "--epochs", "2", "--batch-size", "100", "--lr", "1e-4", "--threads", "1",
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["export", str(run), "--out", str(model)]) == 0
+    manifest = ModelManifest.load(model)
+    assert manifest.output.kind == "ensemble" and manifest.output.members == 3
+    assert manifest.output.member_weights == [pytest.approx(1 / 3, abs=1e-6)] * 3
+    assert manifest.output.interval is not None and manifest.metrics["test"].interval_coverage is not None
+    y = onnx_model.predict(onnx_model.session(model / ONNX_FILE), load_dataset(
+        DataRequest(str(ensemble_folder)), splits=("test",)).splits["test"].x)  # fmt: skip
+    assert (y[:, 1] > 0).mean() > 0.9  # the heads disagree: an uncertainty on (nearly) every row
