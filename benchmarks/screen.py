@@ -2,6 +2,7 @@
 /predict latency while a screening job runs. All figures from one run.
 
     python benchmarks/screen.py [--n 1000000] [--dask-n 200000] [--requests 2000]
+    python benchmarks/screen.py --previous HEAD~1 --n 200000   # the model set against a previous one
 
 1. model-only ONNX Runtime throughput on featurized rows of the same space, in the same chunk
    size and with the same threads as the end-to-end run (the ceiling);
@@ -41,7 +42,7 @@ from app.screening.enumerate import ChemicalSpace
 from app.screening.io import ResultWriter, chunk_table
 from app.screening.sources import EnumerationSource
 from app.screening.spec import ScreenRequest
-from app.settings import Settings, available_cpus
+from app.settings import REPOSITORY_MODELS_DIR, Settings, available_cpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve as serve_bench  # benchmarks/serve.py: model set-up, the server, the load generator
@@ -220,6 +221,43 @@ def job_rate(job_url: str, during: Callable[[], object]) -> float:
     return (after - before) / (time.perf_counter() - started)
 
 
+def compare_sets(previous: str, n: int) -> int:
+    """Every model of the new set (models/) against the previous set: in-process screening of the
+    first ``n`` compositions end to end (all properties, to Parquet), interleaved, twice each."""
+    import model_sets  # benchmarks/model_sets.py
+
+    settings = Settings()
+    threads, chunk = settings.intra_op_threads, settings.screen_chunk_size
+    space = ChemicalSpace.from_chemsys(CHEMSYS, MAX_ATOMS)
+    workdir = Path(tempfile.mkdtemp(prefix="ibrnet-screen-sets-"))
+    try:
+        previous_dir, previous_label = model_sets.materialise(previous, workdir)
+        sets = {
+            "new": (REPOSITORY_MODELS_DIR, "models/ (working tree)"),
+            "previous": (previous_dir, previous_label),
+        }
+        model_sets.print_costs(*(model_sets.describe(d) for d, _ in sets.values()),
+                               *(label for _, label in sets.values()))  # fmt: skip
+        rates: dict[str, list[float]] = {name: [] for name in sets}
+        for _ in range(2):
+            for name, (models_dir, _) in sets.items():
+                models = load_models(models_dir, threads)
+                screen = ScreenRequest(chemsys=CHEMSYS, max_atoms=MAX_ATOMS, properties=models.properties)
+                out = workdir / f"{name}.parquet"
+                rates[name].append(
+                    end_to_end(models, models_dir, FirstRows(space, n), screen, threads, out, chunk)
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    new, old = (statistics.median(rates[name]) for name in ("new", "previous"))
+    print()
+    print(f"in-process screening, {n:,} compositions of {CHEMSYS} (max_atoms {MAX_ATOMS}), every property, "
+          f"{threads} ORT threads, medians of 2 interleaved runs")  # fmt: skip
+    print(f"  new {new:,.0f}/s ({', '.join(f'{r:,.0f}' for r in rates['new'])}); previous {old:,.0f}/s "
+          f"({', '.join(f'{r:,.0f}' for r in rates['previous'])}); new/previous {new / old:.2f}")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="compositions for the end-to-end run")
@@ -228,7 +266,15 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=100_000, help="rows for the ceiling and the breakdown")
     parser.add_argument("--skip-dask", action="store_true")
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument(
+        "--previous",
+        metavar="REV_OR_DIR",
+        help="instead: screen --n compositions with the whole model set (models/) and with a previous one "
+        "(a git revision of models/, or a folder) and print the ratio",
+    )
     args = parser.parse_args()
+    if args.previous:
+        return compare_sets(args.previous, args.n)
 
     settings = Settings()
     threads, chunk = settings.intra_op_threads, settings.screen_chunk_size

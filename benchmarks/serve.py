@@ -1,6 +1,7 @@
 """Serving benchmark: the HTTP service against its own ceilings, all figures from one run.
 
     python benchmarks/serve.py [--formulas 10000] [--requests 6000]
+    python benchmarks/serve.py --previous HEAD~1      # the model set against a previous one
 
 Measures, on this machine:
 1. model-only ONNX Runtime throughput: featurized rows through the session, in BATCH_MAX_SIZE
@@ -370,6 +371,54 @@ def print_cpu_budget(
     print(f"  leaving {left_us:.0f} us per request for everything else (/health alone: {health_cost:.0f} us)")
 
 
+def compare_sets(previous: str, args: argparse.Namespace) -> int:
+    import model_sets  # benchmarks/model_sets.py (this script's folder is on sys.path)
+
+    """Every model of the new set (models/) against the previous set, each served whole, in
+    interleaved rounds: cold /predict at concurrency 64 (every property, every request a miss) next
+    to /health, and a cold /predict/batch; printed as ratios new / previous."""
+    workdir = Path(tempfile.mkdtemp(prefix="ibrnet-bench-sets-"))
+    try:
+        previous_dir, previous_label = model_sets.materialise(previous, workdir)
+        sets = {
+            "new": (REPOSITORY_MODELS_DIR, "models/ (working tree)"),
+            "previous": (previous_dir, previous_label),
+        }
+        model_sets.print_costs(*(model_sets.describe(d) for d, _ in sets.values()),
+                               *(label for _, label in sets.values()))  # fmt: skip
+        figures: dict[str, dict[str, list[float]]] = {name: {} for name in sets}
+        for round_ in range(max(1, args.rounds)):
+            c64 = oqmd_formulas("train", args.requests, offset=round_ * args.requests)
+            batch = oqmd_formulas("test", args.formulas, offset=round_ * args.formulas)
+            for name, (models_dir, _) in sets.items():
+                server = Server(models_dir, f"sqlite:///{workdir / f'{name}-{round_}.db'}", workdir)
+                try:
+                    health = run_load(server, health_requests(args.requests * 2), 64)
+                    predict = run_load(server, predict_requests(c64), 64)
+                    seconds, _, _ = post_batch(server, batch)
+                finally:
+                    server.stop()
+                got = figures[name]
+                got.setdefault("health", []).append(health.throughput)
+                got.setdefault("predict", []).append(predict.throughput)
+                got.setdefault("p99", []).append(predict.percentile_ms(99))
+                got.setdefault("batch", []).append(len(batch) / seconds)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    new, old = ({k: median(v) for k, v in figures[name].items()} for name in ("new", "previous"))
+    print()
+    print(f"every property per request; medians of {max(1, args.rounds)} interleaved rounds")
+    print(f"{'measurement':<44} {'new':>10} {'previous':>10} {'new/prev':>9}")
+    for key, label in (("predict", "cold /predict, c=64, req/s"), ("health", "GET /health, c=64, req/s"),
+                       ("p99", "cold /predict, c=64, p99 ms"),
+                       ("batch", f"cold /predict/batch ({args.formulas}), formulas/s")):  # fmt: skip
+        print(f"{label:<44} {new[key]:>10,.1f} {old[key]:>10,.1f} {new[key] / old[key]:>9.2f}")
+    ratios = [new["predict"] / new["health"], old["predict"] / old["health"]]
+    print(f"{'cold /predict vs /health at c=64':<44} {ratios[0]:>10.2f} {ratios[1]:>10.2f} "
+          f"{ratios[0] / ratios[1]:>9.2f}   (target >= 0.50, p99 <= 50 ms)")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formulas", type=int, default=10_000, help="batch size for /predict/batch")
@@ -379,7 +428,15 @@ def main() -> int:
     parser.add_argument("--requests-c1", type=int, default=1_000, help="single requests at concurrency 1")
     parser.add_argument("--naive", type=int, default=1_000, help="requests for the PyTorch baseline")
     parser.add_argument("--rounds", type=int, default=2, help="repetitions of each HTTP measurement")
+    parser.add_argument(
+        "--previous",
+        metavar="REV_OR_DIR",
+        help="instead: serve the whole model set (models/) against a previous one (a git revision of "
+        "models/, or a folder), every property per request, and print the ratios",
+    )
     args = parser.parse_args()
+    if args.previous:
+        return compare_sets(args.previous, args)
 
     workdir = Path(tempfile.mkdtemp(prefix="ibrnet-bench-"))
     settings = Settings()
