@@ -73,16 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = commands.add_parser("train", help="train a network (needs the train extra)")
-    train.add_argument("--data", required=True, help="packaged dataset name or a CSV file")
-    train.add_argument("--arch", default="ibrnet", choices=["ibrnet", "brnet", "irnet", "elemnet"])
-    train.add_argument("--features", default="ef", choices=["ef", "pa", "ef+pa"])
+    # Defaults live in training/run_config.py (TrainConfig) and training/data.py (DataRequest): an
+    # option not given is None here, and a --resume takes it from the run's config.json instead.
+    train.add_argument("--data", help="packaged dataset name or a CSV file (required unless --resume)")
+    train.add_argument("--arch", choices=["ibrnet", "brnet", "irnet", "elemnet"], help="default ibrnet")
+    train.add_argument("--features", choices=["ef", "pa", "ef+pa"], help="default ef")
     train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--epochs", type=int, default=3000)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    train.add_argument("--epochs", type=int, help="default 3000")
+    train.add_argument("--batch-size", type=int, help="default 32 (the papers')")
+    train.add_argument("--lr", type=float, help="default 1e-4")
+    train.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run's checkpoint: the run's options come from its config.json (only "
+        "--epochs, patience, device, threads and time limit may change)",
+    )
     train.add_argument("--limit", type=int, help="use at most this many rows of each split (seeded subset)")
     _add_training_options(train)
     train.add_argument("--no-target-scaling", action="store_true", help="no train mean/std on the output")
@@ -180,13 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train several architectures, print a table")
     compare.add_argument("--data", required=True)
     compare.add_argument("--arch", nargs="+", default=["ibrnet", "brnet", "irnet", "elemnet", "rf"])
-    compare.add_argument("--features", default="ef", choices=["ef", "pa", "ef+pa"])
+    compare.add_argument("--features", choices=["ef", "pa", "ef+pa"], help="default ef")
     compare.add_argument("--out", required=True, help="folder for the runs and the table")
-    compare.add_argument("--epochs", type=int, default=3000)
-    compare.add_argument("--batch-size", type=int, default=32)
-    compare.add_argument("--lr", type=float, default=1e-4)
-    compare.add_argument("--device", default="auto")
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--epochs", type=int, help="default 3000")
+    compare.add_argument("--batch-size", type=int, help="default 32")
+    compare.add_argument("--lr", type=float, help="default 1e-4")
+    compare.add_argument("--device", help="default auto")
+    compare.add_argument("--seed", type=int, help="default 0")
     compare.add_argument("--limit", type=int)
     _add_training_options(compare)
     compare.add_argument("--rf-trees", type=int, default=100, help="trees of the random-forest baseline")
@@ -206,13 +213,13 @@ def _open_fraction(text: str) -> float:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--formula-column", default="formula", help="CSV column with the formulas")
+    parser.add_argument("--formula-column", help="CSV column with the formulas (default: formula)")
     parser.add_argument("--target-column", help="CSV column with the target (default: target)")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--patience-es", type=int, default=50, help="EarlyStopping patience (epochs)")
-    parser.add_argument("--patience-rlrop", type=int, default=45, help="ReduceLROnPlateau patience (epochs)")
+    parser.add_argument("--patience-es", type=int, help="EarlyStopping patience (epochs; default 50)")
+    parser.add_argument("--patience-rlrop", type=int, help="ReduceLROnPlateau patience (epochs; default 45)")
     parser.add_argument("--time-limit-min", type=float, help="stop cleanly after this many minutes")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument(
@@ -223,16 +230,14 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        default="fp32",
         choices=["fp32", "bf16"],
-        help="bf16: mixed-precision training (2-3x faster on CPUs with AMX and on GPUs); "
+        help="fp32 (default) or bf16: mixed-precision training (2-3x faster on CPUs with AMX and on GPUs); "
         "validation, best-epoch choice and the exported model stay float32",
     )
     parser.add_argument(
         "--outlier-iqr",
         type=float,
-        default=10.0,
-        help="drop TRAIN rows with a target outside [Q1-k*IQR, Q3+k*IQR]; 0 keeps all",
+        help="drop TRAIN rows with a target outside [Q1-k*IQR, Q3+k*IQR] (default 10); 0 keeps all",
     )
     parser.add_argument("--property", help="property key for a CSV dataset (default: the target column)")
     parser.add_argument("--unit", help="unit of a CSV dataset's target")
@@ -240,7 +245,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--exclude-compositions",
         metavar="DATASET[:SPLIT+SPLIT]",
         action="append",
-        default=[],
         help="drop train and val rows whose composition is in this dataset's splits (all, or those "
         "named), e.g. critexam-ef:test: a transfer source that never saw the target's test compounds",
     )

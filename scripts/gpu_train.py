@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -113,8 +114,8 @@ def score(run_dir: Path) -> dict[str, object]:
     from training.compare import best_epoch_mae
 
     config, mae = best_epoch_mae(run_dir, "cuda" if torch.cuda.is_available() else "cpu")
-    return {"run": run_dir.name, "arch": config["train"]["arch"], "features": config["data"]["features"],
-            "parameters": config["parameters"], **config.get("result", {}),
+    return {"run": run_dir.name, "arch": config.train.arch, "features": config.data.features,
+            "parameters": config.parameters, **(asdict(config.result) if config.result else {}),
             "val_mae": mae["val"], "test_mae": mae["test"]}  # fmt: skip
 
 

@@ -14,14 +14,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from training.data import DataRequest, load_dataset
 from training.metrics import regression_metrics
+from training.run_config import RunConfig, TrainConfig
 from training.run_dir import CHECKPOINT_FILE, load_best_model
-from training.train import TrainConfig, command_line, config_from_args, predict, train
+from training.train import command_line, config_from_args, predict, train
 
 NAMES = {
     "ibrnet": "iBRNet",
@@ -44,11 +44,11 @@ class Row:
     test_mae: float
 
 
-def best_epoch_mae(run_dir: Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, float]]:
+def best_epoch_mae(run_dir: Path, device: str = "cpu") -> tuple[RunConfig, dict[str, float]]:
     """The run's config, and its best-epoch network's MAE on validation and test (scored once)."""
     saved, model = load_best_model(run_dir)
     model = model.to(device)
-    dataset = load_dataset(DataRequest.from_dict(saved["data"]), splits=("val", "test"))
+    dataset = load_dataset(saved.data, splits=("val", "test"))
     mae = {}
     for split in ("val", "test"):
         x = torch.from_numpy(dataset.splits[split].x).to(device)
@@ -64,7 +64,7 @@ def _network_row(config: TrainConfig, request: DataRequest, out: Path, progress:
     return Row(
         model=NAMES[config.arch],
         features=request.features,
-        parameters=f"{saved['parameters']:,}",
+        parameters=f"{saved.parameters:,}",
         epochs=str(result.epochs_completed),
         best_epoch=str(result.best_epoch),
         wall_time_s=result.wall_time_s,
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     for arch in args.arch:
         if arch == "rf":
             request = replace(base_request, features=args.rf_features)
-            rows.append(_forest_row(request, args.rf_trees, args.seed, args.threads))
+            rows.append(_forest_row(request, args.rf_trees, base_config.seed, base_config.threads))
         else:
             config = replace(base_config, arch=arch)
             rows.append(_network_row(config, base_request, out, progress=sys.stderr.isatty()))

@@ -72,9 +72,9 @@ def manifest_level(model_dir: Path) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    request = DataRequest(
-        data=args.data, limit=args.limit, formula_column=args.formula_column, target_column=args.target_column
-    )
+    given = {"data": args.data, "limit": args.limit, "formula_column": args.formula_column,
+             "target_column": args.target_column}  # fmt: skip
+    request = DataRequest(**{k: v for k, v in given.items() if v is not None})  # defaults: DataRequest's
     result = evaluate(Path(args.model_dir), request, args.split, args.variant)
     if args.json:
         print(json.dumps(result))

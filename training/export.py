@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,13 @@ from app.inference.manifest import (
     file_sha256,
 )
 from training import calibration, fp16, intervals, onnx_model, row_int8
-from training.data import DataRequest, Dataset, load_dataset
+from training.data import Dataset, load_dataset
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
 from training.nets import Ensemble, StudentNet, combine, count_parameters
+from training.run_config import RunConfig, TrainConfig
 from training.run_dir import load_best_model
-from training.train import TrainConfig, command_line, predict
+from training.train import command_line, predict
 
 OPSET = 17
 PARITY_ROWS = 1000
@@ -126,7 +128,7 @@ def score(
 
 def load_members(
     run_dirs: list[Path], command: str = "ibrnet export"
-) -> tuple[list[dict[str, Any]], list[torch.nn.Module]]:
+) -> tuple[list[RunConfig], list[torch.nn.Module]]:
     """Each run's config and best-epoch network; refused unless they share data, features and arch."""
     configs, models = [], []
     for run_dir in run_dirs:
@@ -136,48 +138,63 @@ def load_members(
     first = configs[0]
     for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
         for key in ("data", "features"):
-            if config[key] != first[key]:
+            if getattr(config, key) != getattr(first, key):
                 raise SystemExit(f"{command}: {run_dir} was trained on different {key} than {run_dirs[0]}")
-        if config["train"]["arch"] != first["train"]["arch"]:
+        if config.train.arch != first.train.arch:
             raise SystemExit(f"{command}: an ensemble's members must share one architecture")
     return configs, models
 
 
-def _architecture(configs: list[dict[str, Any]], module: torch.nn.Module) -> Architecture:
-    net = {k: v for k, v in configs[0]["net"].items() if k not in ("input_mean", "input_std")}
+def _architecture(configs: list[RunConfig], module: torch.nn.Module) -> Architecture:
+    net = {k: v for k, v in configs[0].net.to_dict().items() if k not in ("input_mean", "input_std")}
     net["input_standardisation"] = (
         "train-split mean/std baked into the model (identity on elemental fractions)"
     )
-    return Architecture(name=configs[0]["train"]["arch"], parameters=count_parameters(module), config=net)
+    return Architecture(name=configs[0].train.arch, parameters=count_parameters(module), config=net)
 
 
-def _training(configs: list[dict[str, Any]], export_command: str) -> TrainingInfo:
-    first, result = configs[0], configs[0].get("result", {})
+def _training(configs: list[RunConfig], export_command: str) -> TrainingInfo:
+    first, result = configs[0], configs[0].result
     members = [
-        {"seed": c["train"]["seed"], "command": c["command"], "hardware": c["hardware"],
-         "precision": c["train"].get("precision", "fp32"), **c.get("result", {})}
+        {"seed": c.train.seed, "command": c.command, "hardware": c.hardware, "precision": c.train.precision,
+         **(asdict(c.result) if c.result else {})}
         for c in configs
     ]  # fmt: skip
     return TrainingInfo(
-        command=" && ".join(c["command"] for c in configs),
-        seed=first["train"]["seed"],
-        epochs=result.get("epochs_completed"),
-        best_epoch=result.get("best_epoch"),
-        wall_time_s=sum(c.get("result", {}).get("wall_time_s") or 0.0 for c in configs),
-        hardware=" + ".join(dict.fromkeys(c["hardware"] for c in configs)),  # each distinct one once
+        command=" && ".join(c.command for c in configs),
+        seed=first.train.seed,
+        epochs=result.epochs_completed if result else None,
+        best_epoch=result.best_epoch if result else None,
+        wall_time_s=sum(c.result.wall_time_s for c in configs if c.result),
+        hardware=" + ".join(dict.fromkeys(c.hardware for c in configs)),  # each distinct one once
         export_command=export_command,
         hyperparameters={
-            **{k: first["train"][k] for k in (
+            **{k: getattr(first.train, k) for k in (
                 "batch_size", "lr", "patience_es", "patience_rlrop", "rlrop_factor", "min_lr", "epochs")},
-            "precision": first["train"].get("precision", "fp32"),  # runs from before --precision: fp32
+            "precision": first.train.precision,
+            **_heads_recipe(first.train),
         },
-        loss="mean absolute error",
-        optimizer="Adam" + (" + ReduceLROnPlateau" if first["train"]["arch"] != "brnet" else "")
+        loss="mean absolute error" + (STUDENT_LOSS if first.train.teacher else ""),
+        optimizer="Adam" + (" + ReduceLROnPlateau" if first.train.uses_rlrop else "")
         + " + EarlyStopping (best weights restored)",
         members=members if len(configs) > 1 else None,
         # early_stopping | time_limit | signal (stopped by hand) | max_epochs; best weights either way
-        stop_reason=result.get("stop_reason"),
+        stop_reason=result.stop_reason if result else None,
     )  # fmt: skip
+
+
+STUDENT_LOSS = " (heads vs the teacher's members, their spread, the mean vs the target)"
+
+
+def _heads_recipe(train: TrainConfig) -> dict[str, Any]:
+    """How a student's or grown heads' training differed from a plain run's (none: {})."""
+    if train.teacher:
+        keys: tuple[str, ...] = ("teacher", "head_units", "transfer_extra", "spread_weight")
+    elif train.heads > 1:
+        keys = ("init_from", "heads", "head_units")
+    else:
+        return {}
+    return {key: getattr(train, key) for key in keys}
 
 
 def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quantize: str | None = None,
@@ -185,7 +202,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
            command: str = "") -> ModelManifest:  # fmt: skip
     configs, models = load_members(run_dirs)
     first = configs[0]
-    dataset = load_dataset(DataRequest.from_dict(first["data"]), splits=("val", "test"))
+    dataset = load_dataset(first.data, splits=("val", "test"))
     fit_weights = member_weights == "fitted"
     if len(models) > 1:
         module: torch.nn.Module = calibrated_ensemble(models, dataset, fit_weights=fit_weights)
@@ -196,7 +213,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     with_sigma = isinstance(module, Ensemble | StudentNet)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
-    write_onnx(module, first["features"]["width"], onnx_path)
+    write_onnx(module, first.features.width, onnx_path)
     try:
         worst = check_parity(module, onnx_path, parity_inputs(dataset))
     except ParityError:
@@ -213,34 +230,32 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     storage: dict[str, Any] = {"storage": "float32"}
     if weights == "fp16":
         metrics, storage = store_fp16(onnx_path, dataset, metrics)
-    floor = first["net"].get("target_floor")
+    floor = first.net.target_floor
     interval = None
     if with_sigma:  # fitted on the file as served (after any fp16 rewrite), validation only
         interval = intervals.fit_on_file(onnx_path, dataset)
         metrics = score(onnx_path, dataset, interval=interval, floor=floor)
     info = {
-        k: v for k, v in first["dataset"].items() if k not in ("property", "unit", "description", "citations")
+        k: v for k, v in first.dataset.items() if k not in ("property", "unit", "description", "citations")
     }
-    features = first["features"]
-    citations = [*first["dataset"]["citations"], ARCHITECTURE_CITATIONS[first["train"]["arch"]]]
-    if "pa" in features["spec"]:
+    features = first.features
+    citations = [*first.dataset["citations"], ARCHITECTURE_CITATIONS[first.train.arch]]
+    if "pa" in features.spec:
         citations.append(PA_CITATION)
-    teacher = first["train"].get("teacher")
-    members = len(models) if len(models) > 1 else int(first["net"].get("heads", 1))
+    teacher = first.train.teacher
+    members = len(models) if len(models) > 1 else first.net.heads
     shape = f", ensemble of {members}" if len(models) > 1 else ""
     if teacher:
         shape = f", one network with {members} heads distilled from {Path(teacher).name}"
+    elif first.net.heads > 1:
+        shape = f", one network with {members} heads"
     manifest = ModelManifest(
         name=name or out_dir.resolve().name,
-        property=first["dataset"]["property"],
-        unit=first["dataset"]["unit"],
-        description=f"{first['train']['arch']} ({features['spec']} features{shape}): "
-        f"{first['dataset']['description']}",
+        property=first.dataset["property"],
+        unit=first.dataset["unit"],
+        description=f"{first.train.arch} ({features.spec} features{shape}): {first.dataset['description']}",
         features=FeatureSpec(
-            spec=features["spec"],
-            version=features["version"],
-            width=features["width"],
-            elements=features["elements"],
+            spec=features.spec, version=features.version, width=features.width, elements=features.elements
         ),
         architecture=_architecture(configs, module),
         output=Output(

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from training.nets import NetConfig, build_network
+from training.nets import build_network
+from training.run_config import CONFIG_FILE, RunConfig  # config.json: the run, typed
 
-CONFIG_FILE = "config.json"  # everything needed to rebuild the model and its data
+__all__ = ["CONFIG_FILE", "RunConfig"]  # re-exported: a run directory's files are named here
 LOG_FILE = "log.csv"  # epoch, train_mae, val_mae, lr, seconds
 CHECKPOINT_FILE = "checkpoint.pt"  # last completed epoch: model, optimizer, schedulers, RNG states
 BEST_FILE = "best.pt"  # weights of the epoch with the lowest validation MAE
@@ -33,20 +34,13 @@ def save_torch(path: Path, value: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a training run (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
-
-
-def load_best_model(run_dir: Path) -> tuple[dict[str, Any], torch.nn.Module]:
+def load_best_model(run_dir: Path) -> tuple[RunConfig, torch.nn.Module]:
     """The run's config and its best-epoch network, on CPU, in eval mode."""
-    config = read_config(run_dir)
+    config = RunConfig.load(run_dir)
     best = run_dir / BEST_FILE
     if not best.exists():
         raise FileNotFoundError(f"{run_dir} has no {BEST_FILE}: the run has not finished an epoch")
-    model = build_network(NetConfig.from_dict(config["net"]))
+    model = build_network(config.net)
     state = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data import DataRequest, load_dataset
+from training.data import load_dataset
 from training.export import load_members, member_outputs
 from training.member_weights import fitted_weights
 from training.metrics import spearman
@@ -97,7 +97,7 @@ def score_subsets(
 def validation_predictions(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Each run's best-epoch predictions on the validation split [k, n], and its targets."""
     configs, models = load_members(run_dirs, COMMAND)
-    dataset = load_dataset(DataRequest.from_dict(configs[0]["data"]), splits=("val",))
+    dataset = load_dataset(configs[0].data, splits=("val",))
     val = dataset.splits["val"]
     outputs = member_outputs(models, torch.from_numpy(val.x))
     return outputs[:, :, 0].double().numpy(), np.asarray(val.y, np.float64)

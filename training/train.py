@@ -18,7 +18,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -34,6 +34,7 @@ from training import distill, plots
 from training.data import DataRequest, Dataset, describe, load_dataset
 from training.metrics import regression_metrics
 from training.nets import NetConfig, StudentNet, build_network, count_parameters
+from training.run_config import FeatureInfo, RunConfig, RunOutcome, TrainConfig, resolve
 from training.run_dir import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -42,43 +43,10 @@ from training.run_dir import (
     LOG_FILE,
     PARITY_FILE,
     hardware_description,
-    read_config,
     save_torch,
     write_json,
 )
 from training.weight_average import WeightAverage
-
-
-@dataclass
-class TrainConfig:
-    arch: str = "ibrnet"
-    epochs: int = 3000
-    batch_size: int = 32  # the paper's; on CPU larger batches with a larger lr are much faster
-    lr: float = 1e-4
-    patience_es: int = 50  # the reference run's EarlyStopping patience
-    patience_rlrop: int = 45  # the reference run's ReduceLROnPlateau patience
-    rlrop_factor: float = 0.1
-    min_lr: float = 1e-8
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    precision: str = "fp32"  # "bf16": autocast the matrix work (AMX/tensor cores); validation stays fp32
-    time_limit_min: float | None = None
-    eval_batch_size: int = 8192
-    target_scaling: bool = True  # bake train mean/std of the target into the output layer
-    weight_average_decay: float | None = None  # validate and keep an EMA of the weights (weight_average.py)
-    init_from: str | None = None  # MODEL_DIR[#MEMBER]: start from a shipped model (warm_start.py)
-    teacher: str | None = None  # MODEL_DIR of an ensemble: distil it into one student (distill.py)
-    head_units: int = 3  # distillation: the trunk's last units, repeated once per teacher member
-    transfer_extra: float = (
-        0.0  # distillation: neighbouring compositions, times the train split, teacher-labelled
-    )
-    heads: int = 1  # with init_from and no teacher: grow this many heads, each trained on the target
-    spread_weight: float = 1.0  # distillation: weight of |spread(heads) - spread(members)| in the loss
-
-    @property
-    def uses_rlrop(self) -> bool:
-        return self.arch != "brnet"  # BRNet: EarlyStopping only
 
 
 @dataclass
@@ -237,12 +205,10 @@ def write_log(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, request: DataRequest) -> None:
+def _check_resumable(saved: RunConfig, config: TrainConfig, request: DataRequest) -> None:
     fixed = {"arch": config.arch, "seed": config.seed}
-    mismatched = [k for k, v in fixed.items() if saved["train"].get(k) != v]
-    # Read back through DataRequest: JSON lists become tuples, fields newer than the run get defaults.
-    saved_request = asdict(DataRequest.from_dict(saved["data"]))
-    mismatched += [f"data.{k}" for k, v in asdict(request).items() if saved_request[k] != v]
+    mismatched = [k for k, v in fixed.items() if getattr(saved.train, k) != v]
+    mismatched += [f"data.{k}" for k, v in asdict(request).items() if asdict(saved.data)[k] != v]
     if mismatched:
         raise SystemExit(f"ibrnet train --resume: the run was made with different {', '.join(mismatched)}")
 
@@ -286,9 +252,9 @@ def train(
 
     # --- model ---
     if resume:
-        saved_config = read_config(run_dir)
-        _check_resumable(saved_config, config, request)
-        net_config = NetConfig.from_dict(saved_config["net"])  # same normalisation as before
+        saved = RunConfig.load(run_dir)
+        _check_resumable(saved, config, request)
+        net_config = saved.net  # same normalisation as before
         model = build_network(net_config).to(device)
     elif teacher is not None:
         net_config, model = distill.student_from_teacher(teacher, config.head_units)
@@ -310,33 +276,33 @@ def train(
         objective = distill.IndependentHeadsObjective()
     else:
         objective = distill.TargetObjective()
-    run_config = {
-        "train": asdict(config),
-        "net": net_config.to_dict(),
-        "data": asdict(request),
-        "dataset": {
+    run_config = RunConfig(
+        train=config,
+        net=net_config,
+        data=request,
+        features=FeatureInfo(
+            spec=featurizer.name,
+            version=featurizer.version,
+            width=featurizer.width,
+            elements=element_order(featurizer.elements),
+        ),
+        dataset={
             **dataset.info(),
             "property": dataset.property,
             "unit": dataset.unit,
             "description": dataset.description,
             "citations": dataset.citations,
         },
-        "features": {
-            "spec": featurizer.name,
-            "version": featurizer.version,
-            "width": featurizer.width,
-            "elements": element_order(featurizer.elements),
-        },
-        "parameters": parameters,
-        "command": command,
-        "hardware": hardware_description(device),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+        parameters=parameters,
+        command=command,
+        hardware=hardware_description(device),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     if resume:
-        run_config["created"] = saved_config.get("created", run_config["created"])
-        run_config["resumed"] = [*saved_config.get("resumed", []), command]
-        run_config["command"] = saved_config.get("command", command)
-    write_json(run_dir / CONFIG_FILE, run_config)
+        run_config.created = saved.created or run_config.created
+        run_config.resumed = [*saved.resumed, command]
+        run_config.command = saved.command or command
+    write_json(run_dir / CONFIG_FILE, run_config.to_dict())
 
     # --- optimizer and schedules ---
     try:  # the fused Adam kernel (one pass over all parameters) saves ~2/3 of the step on CPU
@@ -467,7 +433,7 @@ def train(
                     "history": history,
                     "stop_reason": stop_reason,
                     "elapsed_s": elapsed_before + time.monotonic() - started,
-                    "config": run_config,
+                    "config": run_config.to_dict(),
                 },
             )
             write_log(run_dir / LOG_FILE, history)
@@ -495,15 +461,15 @@ def train(
     if history:
         plots.learning_curve(history, stopper.best_epoch, dataset.unit, run_dir / LEARNING_CURVE_FILE)
     completed = history[-1]["epoch"] if history else 0
-    run_config["result"] = {
-        "epochs_completed": completed,
-        "best_epoch": stopper.best_epoch,
-        "best_val_mae": stopper.best if stopper.best_epoch is not None else None,
-        "stop_reason": stop_reason,
-        "wall_time_s": round(wall, 1),
-        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2) if history else None,
-    }
-    write_json(run_dir / CONFIG_FILE, run_config)
+    run_config.result = RunOutcome(
+        epochs_completed=completed,
+        best_epoch=stopper.best_epoch,
+        best_val_mae=stopper.best if stopper.best_epoch is not None else None,
+        stop_reason=stop_reason,
+        wall_time_s=round(wall, 1),
+        seconds_per_epoch=round(float(np.mean([h["seconds"] for h in history])), 2) if history else None,
+    )
+    write_json(run_dir / CONFIG_FILE, run_config.to_dict())
     best = f"best epoch {stopper.best_epoch}, val MAE {stopper.best:.5f} {dataset.unit}"
     print(f"{run_dir}: {stop_reason} after epoch {completed}; {best if history else 'no epoch finished'}",
           file=sys.stderr)  # fmt: skip
@@ -511,7 +477,7 @@ def train(
         run_dir,
         completed,
         stopper.best_epoch,
-        run_config["result"]["best_val_mae"],
+        run_config.result.best_val_mae,
         stop_reason,
         wall,
         parameters,
@@ -533,47 +499,35 @@ def warm_start(config: TrainConfig, features: str) -> tuple[NetConfig, torch.nn.
     return load_member(folder, member)
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, DataRequest]:
-    """The train parser's arguments (compare shares them; there ``arch`` is a list, set per run)."""
-    config = TrainConfig(
-        arch=args.arch if isinstance(args.arch, str) else "ibrnet",
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience_es=args.patience_es,
-        patience_rlrop=args.patience_rlrop,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        precision=args.precision,
-        time_limit_min=args.time_limit_min,
-        target_scaling=not getattr(args, "no_target_scaling", False),
-        weight_average_decay=getattr(args, "weight_average_decay", None),
-        init_from=getattr(args, "init_from", None),
-        teacher=getattr(args, "teacher", None),
-        head_units=getattr(args, "head_units", None) or TrainConfig.head_units,
-        transfer_extra=getattr(args, "transfer_extra", None) or 0.0,
-        heads=getattr(args, "heads", None) or 1,
-        spread_weight=TrainConfig.spread_weight
-        if getattr(args, "spread_weight", None) is None
-        else args.spread_weight,
-    )
-    request = DataRequest(
-        data=args.data,
-        features=args.features,
-        limit=args.limit,
-        formula_column=args.formula_column,
-        target_column=args.target_column,
-        outlier_iqr=args.outlier_iqr or None,
-        exclude=tuple(getattr(args, "exclude_compositions", None) or ()),
-        property=args.property,
-        unit=args.unit,
-    )
+def config_from_args(
+    args: argparse.Namespace, saved: RunConfig | None = None
+) -> tuple[TrainConfig, DataRequest]:
+    """The train parser's arguments (compare shares them; there ``arch`` is a list, set per run).
+    Options not given are None: their values come from TrainConfig and DataRequest (new runs) or
+    from the run's config.json (``saved``, a resume), never from defaults written here."""
+    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DataRequest)}
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if isinstance(given.get("arch"), list):
+        given.pop("arch")
+    given["target_scaling"] = False if getattr(args, "no_target_scaling", False) else None
+    excluded = getattr(args, "exclude_compositions", None)
+    given["exclude"] = tuple(excluded) if excluded else None
+    keep_all_rows = given.get("outlier_iqr") == 0  # "--outlier-iqr 0 keeps all"
+    if keep_all_rows:
+        given["outlier_iqr"] = None
+    config, request = resolve(given, saved)
+    if keep_all_rows:
+        request = replace(request, outlier_iqr=None)
     return config, request
 
 
 def run(args: argparse.Namespace) -> int:
-    config, request = config_from_args(args)
+    saved = (
+        RunConfig.load(Path(args.out)) if args.resume and (Path(args.out) / CONFIG_FILE).exists() else None
+    )
+    if saved is None and not args.data:
+        raise SystemExit("ibrnet train: --data is required (a --resume takes it from the run's config.json)")
+    config, request = config_from_args(args, saved)
     result = train(
         config,
         request,

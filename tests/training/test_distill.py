@@ -20,7 +20,7 @@ from app.inference.manifest import ONNX_FILE, ModelManifest
 from training import distill, intervals, onnx_model
 from training.data import DataRequest, composition_key, load_dataset
 from training.nets import StudentNet
-from training.run_dir import read_config
+from training.run_config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,9 @@ def test_a_teacher_made_from_other_data_is_refused(teacher, small_folder, tmp_pa
 def test_a_distilled_student_is_one_network_served_with_sigma_and_interval(
     student, student_run, teacher, ensemble_folder, capsys
 ):
-    config = read_config(student_run)
-    assert config["train"]["teacher"] == str(teacher)
-    assert config["net"]["heads"] == 3
+    config = RunConfig.load(student_run)
+    assert config.train.teacher == str(teacher)
+    assert config.net.heads == 3
     manifest, teacher_manifest = ModelManifest.load(student), ModelManifest.load(teacher)
     assert manifest.output.kind == "ensemble" and manifest.output.members == 3
     assert manifest.output.member_weights_fit == "teacher"
@@ -179,8 +179,8 @@ def test_a_resumed_student_rebuilds_the_same_network(student_run, teacher, ensem
         )
         == 0
     )
-    config = read_config(student_run)
-    assert config["result"]["epochs_completed"] == 4 and config["net"]["heads"] == 3
+    config = RunConfig.load(student_run)
+    assert config.result.epochs_completed == 4 and config.net.heads == 3
     from training.run_dir import load_best_model
 
     assert isinstance(load_best_model(student_run)[1], StudentNet)
@@ -259,9 +259,10 @@ def test_the_spread_term_pulls_the_heads_apart_like_the_members():
     loss.backward()
     assert torch.isfinite(heads.grad).all()
     without = distill.DistillationObjective(targets, spread_weight=0.0)
-    assert float(
-        without.loss(heads.detach(), torch.tensor([0.5, 2.0]), torch.tensor([0, 1]), Weights())
-    ) < loss.item()
+    assert (
+        float(without.loss(heads.detach(), torch.tensor([0.5, 2.0]), torch.tensor([0, 1]), Weights()))
+        < loss.item()
+    )
 
 
 def test_heads_grown_on_one_network_serve_an_uncertainty(ensemble_members, ensemble_folder, tmp_path):

@@ -136,7 +136,7 @@ def test_onnx_signature(exported):
 
 def test_onnx_matches_pytorch_on_1000_real_inputs(trained_run, exported):
     config, model = load_best_model(trained_run)
-    dataset = load_dataset(DataRequest.from_dict(config["data"]), splits=("val", "test"))
+    dataset = load_dataset(config.data, splits=("val", "test"))
     x = parity_inputs(dataset)
     assert x.shape == (1000, 86) and np.allclose(x.sum(axis=1), 1.0, atol=1e-5)  # real compositions
     assert check_parity(model, exported / ONNX_FILE, x) <= 1e-4

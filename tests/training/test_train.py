@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
 import torch
 
+from app.cli import build_parser, main
 from tests.training.run_helpers import read_log, train_run
 from training import onnx_model
 from training.data import DataRequest, load_dataset
 from training.export import write_onnx
 from training.metrics import regression_metrics
+from training.run_config import RunConfig
 from training.run_dir import BEST_FILE, CHECKPOINT_FILE, load_best_model
 from training.train import EarlyStopping, TrainConfig, train
 
@@ -133,3 +136,31 @@ def test_early_stopping_keras_semantics():
     restored = EarlyStopping(patience=2)
     restored.load_state_dict(stopper.state_dict())
     assert restored.should_stop and restored.best == 1.0
+
+
+def test_a_resume_needs_only_the_run_directory(small_folder, tmp_path):
+    """config.json is the run: a resume rebuilds it from there (issue 18, item 7)."""
+    run = tmp_path / "run"
+    assert train_run(small_folder, run, "--epochs", "1", "--precision", "bf16") == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    config = RunConfig.load(run)
+    assert config.result is not None and config.result.epochs_completed == 2
+    assert (config.train.precision, config.train.lr, config.train.batch_size) == ("bf16", 1e-3, 64)
+    assert config.data.data == str(small_folder)  # from config.json: not on the second command line
+    assert len(config.resumed) == 1
+    with pytest.raises(SystemExit, match="lr"):  # another lr would be another run
+        main(["train", "--out", str(run), "--resume", "--epochs", "3", "--lr", "0.5", "--no-progress"])
+
+
+def test_options_not_given_take_the_one_set_of_defaults(small_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(small_folder), "--out", str(run), "--epochs", "1", "--batch-size", "100",
+            "--threads", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    config = RunConfig.load(run)
+    assert asdict(config.train) == asdict(TrainConfig(epochs=1, batch_size=100, threads=1))
+    assert asdict(config.data) == asdict(DataRequest(data=str(small_folder)))
+    # the command line holds no default of its own: every option it was not given is None
+    parsed = build_parser().parse_args(["train", "--out", str(run)])
+    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DataRequest)}
+    assert all(getattr(parsed, name, None) is None for name in names)
