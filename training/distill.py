@@ -157,12 +157,23 @@ def student_from_teacher(teacher: Teacher, head_units: int) -> tuple[NetConfig, 
 
 
 def heads_on_network(
-    source: torch.nn.Module, config: NetConfig, heads: int, head_units: int
+    source: torch.nn.Module, config: NetConfig, heads: int, head_units: int, seed: int = 0
 ) -> tuple[NetConfig, StudentNet]:
     """Without a teacher (a property served by one network): the source's branches and trunk, and
-    ``heads`` tails freshly initialised, each trained on the true target (IndependentHeadsObjective),
-    so that their disagreement is the uncertainty; equal weights in the mean."""
-    return _student_on(source, config, heads, head_units)
+    ``heads`` copies of its tail, each nudged by 1% noise and trained on its own bootstrap weighting
+    of the rows (IndependentHeadsObjective), so that they part where the data says little: their
+    disagreement is the uncertainty; equal weights in the mean. (Freshly initialised tails were
+    tried first: band gap validation MAE 0.0498 after 8 epochs against the network's 0.0442.)"""
+    config, student = _student_on(source, config, heads, head_units)
+    generator = torch.Generator().manual_seed(seed)
+    tail = _tail(source, config)
+    with torch.no_grad():
+        for head in student.heads:
+            head.load_state_dict(tail)
+            for parameter in head.parameters():
+                scale = 0.01 * float(parameter.std()) if parameter.numel() > 1 else 0.0
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return config, student
 
 
 def _student_on(
@@ -234,7 +245,12 @@ def _spread(columns: torch.Tensor) -> torch.Tensor:
 
 
 class IndependentHeadsObjective:
-    """Heads grown without a teacher: each head against the true target on its own."""
+    """Heads grown without a teacher: each head against the true target under its own bootstrap
+    weighting of the rows (Poisson(1) counts, fixed per row and head for the whole run)."""
+
+    def __init__(self, rows: int, heads: int, seed: int, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.weights = torch.poisson(torch.ones(rows, heads), generator=generator).to(device)  # [n, k]
 
     def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.each_head(x)[:, :, 0].T  # [n, k]
@@ -242,7 +258,9 @@ class IndependentHeadsObjective:
     def loss(
         self, heads: torch.Tensor, y: torch.Tensor, index: torch.Tensor, model: torch.nn.Module
     ) -> torch.Tensor:
-        return F.l1_loss(heads.float(), y.unsqueeze(1).expand_as(heads))
+        weights = self.weights.index_select(0, index)
+        errors = (heads.float() - y.unsqueeze(1)).abs()
+        return (weights * errors).sum() / weights.sum().clamp_min(1.0)
 
 
 class TargetObjective:

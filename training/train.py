@@ -262,7 +262,9 @@ def train(
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)
         if config.heads > 1:
-            net_config, model = distill.heads_on_network(model, net_config, config.heads, config.head_units)
+            net_config, model = distill.heads_on_network(
+                model, net_config, config.heads, config.head_units, config.seed
+            )
         model = model.to(device)
     else:
         stats = normalisation(dataset, featurizer.labels, config.target_scaling)
@@ -273,7 +275,7 @@ def train(
         targets = distill.teacher_outputs(teacher, x_train)
         objective: Any = distill.DistillationObjective(targets, config.spread_weight)
     elif isinstance(model, StudentNet):
-        objective = distill.IndependentHeadsObjective()
+        objective = distill.IndependentHeadsObjective(len(y_train), net_config.heads, config.seed, device)
     else:
         objective = distill.TargetObjective()
     run_config = RunConfig(
