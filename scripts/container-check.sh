@@ -84,7 +84,10 @@ log "built in $((SECONDS - started)) s: $(pod image inspect --format '{{.Id}}' "
     "$(pod image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
 step "a fresh PostgreSQL database for the container's cache: $DATABASE"
-runuser -u postgres -- dropdb --if-exists "$DATABASE" 2>/dev/null || true
+# Started first (it may be down after a reboot), then the database dropped and made again: the first
+# prediction must be a miss.
+bash scripts/start-postgres.sh >/dev/null || die "PostgreSQL did not start"
+runuser -u postgres -- dropdb --if-exists "$DATABASE" || die "could not drop the old $DATABASE database"
 DB_URL="$(IBRNET_PG_DATABASE="$DATABASE" bash scripts/start-postgres.sh)" || die "PostgreSQL did not start"
 [[ -n "$DB_URL" ]] || die "start-postgres.sh printed no URL"
 

@@ -146,6 +146,8 @@ def resolve(given: dict[str, Any], saved: RunConfig | None = None) -> tuple[Trai
             DataRequest(**{k: v for k, v in chosen.items() if k in data_fields}),
         )
     train = asdict(saved.train)
+    # The machine's, not the run's: a run started on a GPU may go on on a CPU (given again to keep).
+    train.update(device=TrainConfig.device, threads=TrainConfig.threads)
     data = asdict(saved.data)
     conflicts = []
     for key, value in chosen.items():

@@ -228,6 +228,14 @@ def train(
         raise SystemExit(f"ibrnet train --resume: {checkpoint_path} does not exist")
     if not resume and checkpoint_path.exists():
         raise SystemExit(f"ibrnet train: {run_dir} already holds a run; use --resume or another --out")
+    if config.transfer_extra and not config.teacher:
+        raise SystemExit(
+            "ibrnet train: --transfer-extra needs --teacher (the teacher labels those compositions)"
+        )
+    if config.heads > 1 and (not config.init_from or config.teacher):
+        raise SystemExit(
+            "ibrnet train: --heads grows heads on an --init-from network (a --teacher sets its own)"
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -257,7 +265,14 @@ def train(
         net_config = saved.net  # same normalisation as before
         model = build_network(net_config).to(device)
     elif teacher is not None:
-        net_config, model = distill.student_from_teacher(teacher, config.head_units)
+        if config.init_from:  # a student trained further (e.g. with another loss): it must fit the teacher
+            net_config, model = warm_start(config, featurizer.name)
+            if net_config.heads != len(teacher.members):
+                raise SystemExit(
+                    "ibrnet train --init-from: a student with a head per teacher member is needed"
+                )
+        else:
+            net_config, model = distill.student_from_teacher(teacher, config.head_units)
         model = model.to(device)
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)

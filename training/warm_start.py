@@ -37,9 +37,10 @@ def load_member(model_dir: Path, member: int) -> tuple[NetConfig, torch.nn.Modul
     """The source's network (member ``member`` of an ensemble) with its weights, float32."""
     manifest = ModelManifest.load(model_dir)
     config = NetConfig.from_dict(manifest.architecture.config)
-    if manifest.output.kind == "ensemble" and not 0 <= member < manifest.output.members:
+    separate_members = manifest.output.kind == "ensemble" and config.heads <= 1  # a student is one network
+    if separate_members and not 0 <= member < manifest.output.members:
         raise SystemExit(f"ibrnet train --init-from: {model_dir} has members 0-{manifest.output.members - 1}")
-    prefix = f"members.{member}." if manifest.output.kind == "ensemble" else ""
+    prefix = f"members.{member}." if separate_members else ""
     # Keep the ModelProto alive while reading: a sub-message of a freed proto is not valid.
     source = onnx.load(str(model_dir / ONNX_FILE))
     tensors = {tensor.name.removesuffix(FP16_SUFFIX): _float32(tensor) for tensor in source.graph.initializer}

@@ -12,6 +12,7 @@ Per batch, whatever the requests in it asked for:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from app.inference.results import PropertyPrediction
 from app.store.predictions import CachedPrediction
 
 Answer = dict[str, list[PropertyPrediction]]  # property -> one prediction per formula
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,9 @@ class PredictionWork:
         self.cache = cache
         self._children: dict[str, _ModelMetrics] = {}
 
-    def __call__(self, batch: list[Queued[PredictionRequest]]) -> list[Answer]:
+    def __call__(self, batch: list[Queued[PredictionRequest]]) -> list[Answer | Exception]:
+        """One answer per submission; an exception (delivered to that submitter) where a model it asked
+        for failed: the other submissions of the batch are answered all the same."""
         started = time.perf_counter()
         models: dict[str, LoadedModel] = {}
         asked: dict[str, dict[str, ParsedFormula]] = {}  # property -> composition key -> formula
@@ -75,29 +79,53 @@ class PredictionWork:
 
         predictions: dict[str, dict[str, PropertyPrediction]] = {}
         missed: dict[str, list[str]] = {}
+        failed: dict[str, Exception] = {}  # a model that failed fails its own callers only
         for name, model in models.items():
-            predictions[name], missed[name] = self._recall(model, asked[name])
+            try:
+                predictions[name], missed[name] = self._recall(model, asked[name])
+            except Exception as error:
+                failed[name] = error
 
         # Every model's misses, featurized together once.
         to_featurize: dict[str, ParsedFormula] = {}
         for name, keys in missed.items():
             for key in keys:
                 to_featurize.setdefault(key, asked[name][key])
-        features = self.featurizer.transform(list(to_featurize.values())) if to_featurize else None
+        try:
+            features = self.featurizer.transform(list(to_featurize.values())) if to_featurize else None
+        except Exception as error:
+            for name, keys in missed.items():
+                if keys:
+                    self._metrics(models[name]).failures.inc()
+                    failed[name] = error
+            features = None
         row_of = {key: row for row, key in enumerate(to_featurize)}
         for name, keys in missed.items():
-            if keys and features is not None:
+            if keys and features is not None and name not in failed:
                 rows = np.fromiter((row_of[key] for key in keys), dtype=np.intp, count=len(keys))
                 own = features if np.array_equal(rows, np.arange(len(features))) else features[rows]
-                predictions[name].update(self._compute(models[name], keys, own))
+                try:
+                    predictions[name].update(self._compute(models[name], keys, own))
+                except Exception as error:
+                    failed[name] = error
+        if failed:
+            logger.error(
+                "batch work: %s failed: %s", ", ".join(failed), "; ".join(map(repr, failed.values()))
+            )
 
-        return [
-            {
-                m.property: [predictions[m.property][f.canonical_key] for f in s.payload.formulas]
-                for m in s.payload.models
-            }
-            for s in batch
-        ]
+        answers: list[Answer | Exception] = []
+        for submission in batch:
+            request = submission.payload
+            error = next((failed[m.property] for m in request.models if m.property in failed), None)
+            answers.append(
+                error
+                if error is not None
+                else {
+                    m.property: [predictions[m.property][f.canonical_key] for f in request.formulas]
+                    for m in request.models
+                }
+            )
+        return answers
 
     def _recall(
         self, model: LoadedModel, keys: dict[str, ParsedFormula]
@@ -161,7 +189,7 @@ def prediction_batchers(
 ) -> dict[str, DynamicBatcher[PredictionRequest, Answer]]:
     """feature set -> its batcher (not started)."""
     return {
-        spec: DynamicBatcher(
+        spec: DynamicBatcher[PredictionRequest, Answer](
             spec,
             PredictionWork(group[0].featurizer, metrics, cache),
             max_size=max_size,

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -42,10 +42,16 @@ class Queued(Generic[P]):
 
 class DynamicBatcher(Generic[P, A]):
     """``start()`` inside a running event loop, then ``submit``; ``process`` runs in a worker thread,
-    takes the batch's submissions and returns one answer per submission, in order."""
+    takes the batch's submissions and returns one answer per submission, in order: an Exception as
+    an answer fails that submission alone; ``process`` raising fails the whole batch."""
 
     def __init__(
-        self, name: str, process: Callable[[list[Queued[P]]], list[A]], *, max_size: int, max_wait_ms: float
+        self,
+        name: str,
+        process: Callable[[list[Queued[P]]], Sequence[A | Exception]],
+        *,
+        max_size: int,
+        max_wait_ms: float,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -111,7 +117,11 @@ class DynamicBatcher(Generic[P, A]):
                         submission.future.set_exception(error)
                 continue
             for submission, answer in zip(batch, answers, strict=True):
-                if not submission.future.done():
+                if submission.future.done():
+                    continue
+                if isinstance(answer, Exception):  # this submission's own failure; the others stand
+                    submission.future.set_exception(answer)
+                else:
                     submission.future.set_result(answer)
 
     async def _wait_for_company(self) -> None:

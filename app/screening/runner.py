@@ -148,8 +148,6 @@ class ScreeningRunner:
             self.current_job = job.id
             try:
                 self._run(job)
-            except StoreFull as error:
-                self._out_of_space(job, error)
             except StoreUnavailable as error:  # only while stopping: the lease brings the job back
                 logger.warning("screening job %s left to its lease: %s", job.id, error)
             except Exception:  # a bug must fail one job, never the runner
@@ -178,11 +176,15 @@ class ScreeningRunner:
                 rank_within(chunk.take(passes_filters(chunk, request)), request), request.sort_by
             )
             new_done = done + len(chunk)
-            committed = self._with_store(
-                lambda rows=rows, done=done, new_done=new_done: self.jobs.commit_chunk(
-                    job.id, self.owner, done, new_done, rows, ranking
+            try:
+                committed = self._with_store(
+                    lambda rows=rows, done=done, new_done=new_done: self.jobs.commit_chunk(
+                        job.id, self.owner, done, new_done, rows, ranking
+                    )
                 )
-            )
+            except StoreFull as error:
+                self._out_of_space(job, done, error)
+                return
             if not committed:  # cancelled (or, after a long outage, taken over by another runner)
                 logger.info("screening job %s: stopped at row %d (no longer ours)", job.id, done)
                 return
@@ -243,20 +245,22 @@ class ScreeningRunner:
         if expired:
             logger.info("screening: deleted %d job(s) past the retention period", len(expired))
 
-    def _out_of_space(self, job: Job, error: StoreFull) -> None:
+    def _out_of_space(self, job: Job, done: int, error: StoreFull) -> None:
         """A full database fails the job that was writing (retrying would never end: the job stayed
-        "running" for ever) and deletes its partial rows, which gives their room back to the others."""
-        logger.error("screening job %s: the database is full; the job fails: %s", job.id, error)
+        "running" for ever) and deletes its rows, which gives their room back to the others; both in
+        one transaction, so a job is never left running without its rows."""
+        logger.error(
+            "screening job %s: the database is full at row %d; the job fails: %s", job.id, done, error
+        )
         message = (
-            f"storage_full: the database ran out of space at row {job.done} of {job.total} "
-            f"({error}); the job's partial results were deleted. Free space or delete finished "
-            "jobs, then submit it again"
+            f"storage_full: the database ran out of space at row {done:,} of {job.total:,} ({error}); "
+            "the job's partial results were deleted. Free space or delete finished jobs, then submit "
+            "it again"
         )
         try:
-            self.jobs.drop_results(job.id)
-        except StoreUnavailable:
-            logger.exception("screening job %s: cannot delete its partial results", job.id)
-        self._finish(job, FAILED, message)
+            self.jobs.fail_for_space(job.id, self.owner, message)
+        except StoreUnavailable:  # not even that fits: the job keeps its rows, its lease brings it back
+            logger.exception("screening job %s: cannot record that it failed", job.id)
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         try:

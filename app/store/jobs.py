@@ -231,12 +231,22 @@ class JobStore:
             connection.execute(delete(ScreeningJobRecord).where(_JOBS.c.id == job_id))
         return True
 
-    def drop_results(self, job_id: str) -> int:
-        """Delete a job's result rows (keeping the job): how many."""
-        with self._guard("drop_results"), self._engine.begin() as connection:
-            return connection.execute(
-                delete(ScreeningResultRecord).where(_RESULTS.c.job_id == job_id)
-            ).rowcount
+    def fail_for_space(self, job_id: str, owner: str, error: str) -> bool:
+        """Fail a job this runner holds and delete its rows, in one transaction: either both happen
+        (the deleted rows make room for the update) or neither (the job keeps its rows and its lease
+        brings it back later). False if the job is no longer ours."""
+        now = time.time()
+        ours = and_(_JOBS.c.id == job_id, _JOBS.c.owner == owner, _JOBS.c.status == RUNNING)
+        mark = (
+            update(ScreeningJobRecord)
+            .where(ours)
+            .values(status=FAILED, error=error, finished_at=now, heartbeat=now)
+        )
+        with self._guard("fail_for_space"), self._engine.begin() as connection:
+            if connection.execute(select(_JOBS.c.id).where(ours)).first() is None:
+                return False
+            connection.execute(delete(ScreeningResultRecord).where(_RESULTS.c.job_id == job_id))
+            return connection.execute(mark).rowcount == 1
 
     def expire(self, finished_before: float) -> list[str]:
         """Delete every job that stopped before this time (retention); the ids deleted."""
@@ -383,24 +393,29 @@ class JobStore:
         value, index = _RESULTS.c.sort_value, _RESULTS.c.row_index
         ascending = job.request.get("ascending", True)
         rows: list[ResultRow] = []
-        if after is None or after.sort_value is not None:
-            ranked = self._columns(job).where(value.is_not(None))
-            if after is not None:
-                beyond = value > after.sort_value if ascending else value < after.sort_value
-                ranked = ranked.where(or_(beyond, and_(value == after.sort_value, index > after.row_index)))
-            ranked = ranked.order_by(value.asc() if ascending else value.desc(), index)
-            rows = self._fetch(ranked.offset(offset).limit(limit))
-            if len(rows) == limit:
-                return rows
-            if offset and not rows:  # the offset reaches past the ranked rows: into the tail
-                offset -= self._count(job, value.is_not(None))
-            else:
-                offset = 0
-        tail = self._columns(job).where(value.is_(None))
-        if after is not None and after.sort_value is None:
-            tail = tail.where(index > after.row_index)
-        tail = tail.order_by(index).offset(max(offset, 0)).limit(limit - len(rows))
-        return rows + self._fetch(tail)
+        with self._guard("results"), self._engine.connect() as connection:  # one snapshot (SQLite)
+            if after is None or after.sort_value is not None:
+                ranked_rows = value.is_not(None)
+                if after is not None:
+                    beyond = value > after.sort_value if ascending else value < after.sort_value
+                    ranked_rows = and_(
+                        ranked_rows, or_(beyond, and_(value == after.sort_value, index > after.row_index))
+                    )
+                ranked = self._columns(job).where(ranked_rows)
+                ranked = ranked.order_by(value.asc() if ascending else value.desc(), index)
+                rows = _fetch(connection, ranked.offset(offset).limit(limit))
+                if len(rows) == limit:
+                    return rows
+                if offset and not rows:  # the offset reaches past the ranked rows: into the tail
+                    counted = select(func.count()).select_from(_RESULTS).where(_RESULTS.c.job_id == job.id)
+                    offset -= int(connection.execute(counted.where(ranked_rows)).scalar_one())
+                else:
+                    offset = 0
+            tail = self._columns(job).where(value.is_(None))
+            if after is not None and after.sort_value is None:
+                tail = tail.where(index > after.row_index)
+            tail = tail.order_by(index).offset(max(offset, 0)).limit(limit - len(rows))
+            return rows + _fetch(connection, tail)
 
     def iter_results(self, job: Job, batch_size: int = 5000) -> Iterator[list[ResultRow]]:
         """All of a job's rows in result order, a batch at a time (memory stays at one batch), each
@@ -425,12 +440,7 @@ class JobStore:
 
     def _fetch(self, statement: Any) -> list[ResultRow]:
         with self._guard("results"), self._engine.connect() as connection:
-            return [_result(row) for row in connection.execute(statement)]
-
-    def _count(self, job: Job, condition: Any) -> int:
-        statement = select(func.count()).select_from(_RESULTS).where(_RESULTS.c.job_id == job.id, condition)
-        with self._guard("count"), self._engine.connect() as connection:
-            return int(connection.execute(statement).scalar_one())
+            return _fetch(connection, statement)
 
 
 _JOBS = ScreeningJobRecord.__table__
@@ -466,6 +476,10 @@ def _job(row: Any) -> Job:
         attempts=int(row.attempts),
         client=row.client,
     )
+
+
+def _fetch(connection: Connection, statement: Any) -> list[ResultRow]:
+    return [_result(row) for row in connection.execute(statement)]
 
 
 def _result(row: Any) -> ResultRow:

@@ -173,3 +173,31 @@ async def test_empty_submission_needs_no_call(registry):
     finally:
         await batcher.stop()
     assert calls_and_rows(metrics, model) == (0, 0)
+
+
+async def test_a_failing_model_fails_its_own_callers_only(registry, monkeypatch):
+    """One batcher serves every model of a feature set: a model that fails must not take down the
+    requests in the same batch that did not ask for it."""
+    good, bad = registry.get("band_gap"), registry.get("formation_enthalpy")
+    batcher, metrics = await started(registry, max_size=1024, max_wait_ms=100)
+
+    def broken(features):
+        raise RuntimeError("the formation-enthalpy session failed")
+
+    monkeypatch.setattr(bad, "run", broken)
+    try:
+        formulas = parsed(5, 0)
+        answers = await asyncio.gather(
+            predict_formulas(batcher, formulas, (good,)),
+            predict_formulas(batcher, formulas, (good, bad)),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(answers[1], RuntimeError) and "formation-enthalpy" in str(answers[1])
+    np.testing.assert_allclose(
+        [p.value for p in answers[0][good.property]], expected(good, formulas), rtol=1e-6
+    )
+    assert calls_and_rows(metrics, good) == (1, 5)  # both requests shared the batch
+    text = metrics.render().decode()
+    assert metric_value(text, "ibrnet_inference_failures_total", model=bad.name) == 1

@@ -153,6 +153,12 @@ def test_every_page_by_offset_or_key_is_a_window_of_the_whole_order(jobs: JobSto
         walked += [r.row_index for r in page]
         last = page[-1]
     assert walked == expected
+    by_row = {r.row_index: r for r in jobs.results(job, 0, 100)}
+    for position in range(0, 30, 3):  # a cursor and an offset past it, across the ranked/tail boundary
+        cursor = by_row[expected[position]]
+        for offset in (0, 2, 7, 25):
+            got = [r.row_index for r in jobs.results(job, offset, 5, after=cursor)]
+            assert got == expected[position + 1 + offset : position + 6 + offset], (position, offset)
 
 
 @pytest.mark.parametrize("ascending", [True, False])
