@@ -64,11 +64,12 @@ class FirstRows(EnumerationSource):
         return self.limit
 
 
-def load_models(models_dir: Path, threads: int) -> ScreenModels:
+def load_models(models_dir: Path, threads: int, every_property: bool = False) -> ScreenModels:
     registry = ModelRegistry.load(
         models_dir, device="cpu", intra_op_threads=threads, prefer_int8_on_cpu=False, warmup_rows=4096
     )
-    return ScreenModels([registry.models[0]])  # one property: the ratio is per model call
+    # One property unless asked: the ratio to the ceiling is per model call.
+    return ScreenModels(list(registry.models) if every_property else [registry.models[0]])
 
 
 def ceiling(models: ScreenModels, space: ChemicalSpace, rows: int, chunk: int) -> float:
@@ -241,7 +242,7 @@ def compare_sets(previous: str, n: int) -> int:
         rates: dict[str, list[float]] = {name: [] for name in sets}
         for _ in range(2):
             for name, (models_dir, _) in sets.items():
-                models = load_models(models_dir, threads)
+                models = load_models(models_dir, threads, every_property=True)
                 screen = ScreenRequest(chemsys=CHEMSYS, max_atoms=MAX_ATOMS, properties=models.properties)
                 out = workdir / f"{name}.parquet"
                 rates[name].append(

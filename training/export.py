@@ -180,7 +180,22 @@ def _training(configs: list[RunConfig], export_command: str) -> TrainingInfo:
         members=members if len(configs) > 1 else None,
         # early_stopping | time_limit | signal (stopped by hand) | max_epochs; best weights either way
         stop_reason=result.stop_reason if result else None,
+        started_from=_started_from(first.train.init_from),
     )  # fmt: skip
+
+
+def _started_from(init_from: str | None) -> dict[str, Any] | None:
+    """The model a run started from (--init-from) and how that one was made: the chain stays on
+    record even when the starting model is not shipped (a first-stage student)."""
+    if not init_from:
+        return None
+    folder = Path(init_from.partition("#")[0])
+    try:
+        source = ModelManifest.load(folder)
+    except (OSError, ValueError):
+        return {"model": init_from}
+    return {"model": init_from, "name": source.name, "version": source.version,
+            "command": source.training.command, "metrics_val_mae": source.metrics["val"].mae}  # fmt: skip
 
 
 STUDENT_LOSS = " (heads vs the teacher's members, their spread, the mean vs the target)"
@@ -189,7 +204,7 @@ STUDENT_LOSS = " (heads vs the teacher's members, their spread, the mean vs the 
 def _heads_recipe(train: TrainConfig) -> dict[str, Any]:
     """How a student's or grown heads' training differed from a plain run's (none: {})."""
     if train.teacher:
-        keys: tuple[str, ...] = ("teacher", "head_units", "transfer_extra", "spread_weight")
+        keys: tuple[str, ...] = ("teacher", "init_from", "head_units", "transfer_extra", "spread_weight")
     elif train.heads > 1:
         keys = ("init_from", "heads", "head_units")
     else:

@@ -55,3 +55,5 @@ def test_evaluate_reproduces_the_published_test_figures(model_dir: Path):
         scored = evaluate(model_dir, request, "test", variant)
         assert scored["n"] == published["test"].n
         assert scored["mae"] == published["test"].mae  # exactly: same rows, same ORT settings
+        for key in ("within_1_sigma", "within_2_sigma", "sigma_error_spearman", "interval_coverage"):
+            assert scored.get(key) == getattr(published["test"], key), key  # calibration and interval too
