@@ -73,6 +73,19 @@ def describe(models_dir: Path) -> dict[str, dict[str, float | str]]:
     return out
 
 
+def new_and_previous(previous: str, workdir: Path) -> dict[str, tuple[Path, str]]:
+    """{"new": models/, "previous": the other set} as (folder, label), their costs printed."""
+    from app.settings import REPOSITORY_MODELS_DIR
+
+    previous_dir, previous_label = materialise(previous, workdir)
+    sets = {
+        "new": (REPOSITORY_MODELS_DIR, "models/ (working tree)"),
+        "previous": (previous_dir, previous_label),
+    }
+    print_costs(*(describe(folder) for folder, _ in sets.values()), *(label for _, label in sets.values()))
+    return sets
+
+
 def print_costs(new: dict, previous: dict, new_label: str, previous_label: str) -> None:
     print(f"model sets: new = {new_label}; previous = {previous_label}")
     print(f"{'property':<22} {'new MFLOP':>10} {'prev MFLOP':>11} {'new MB':>8} {'prev MB':>8}")

@@ -42,7 +42,7 @@ from app.screening.enumerate import ChemicalSpace
 from app.screening.io import ResultWriter, chunk_table
 from app.screening.sources import EnumerationSource
 from app.screening.spec import ScreenRequest
-from app.settings import REPOSITORY_MODELS_DIR, Settings, available_cpus
+from app.settings import Settings, available_cpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve as serve_bench  # benchmarks/serve.py: model set-up, the server, the load generator
@@ -232,13 +232,7 @@ def compare_sets(previous: str, n: int) -> int:
     space = ChemicalSpace.from_chemsys(CHEMSYS, MAX_ATOMS)
     workdir = Path(tempfile.mkdtemp(prefix="ibrnet-screen-sets-"))
     try:
-        previous_dir, previous_label = model_sets.materialise(previous, workdir)
-        sets = {
-            "new": (REPOSITORY_MODELS_DIR, "models/ (working tree)"),
-            "previous": (previous_dir, previous_label),
-        }
-        model_sets.print_costs(*(model_sets.describe(d) for d, _ in sets.values()),
-                               *(label for _, label in sets.values()))  # fmt: skip
+        sets = model_sets.new_and_previous(previous, workdir)
         rates: dict[str, list[float]] = {name: [] for name in sets}
         for _ in range(2):
             for name, (models_dir, _) in sets.items():

@@ -379,13 +379,7 @@ def compare_sets(previous: str, args: argparse.Namespace) -> int:
     to /health, and a cold /predict/batch; printed as ratios new / previous."""
     workdir = Path(tempfile.mkdtemp(prefix="ibrnet-bench-sets-"))
     try:
-        previous_dir, previous_label = model_sets.materialise(previous, workdir)
-        sets = {
-            "new": (REPOSITORY_MODELS_DIR, "models/ (working tree)"),
-            "previous": (previous_dir, previous_label),
-        }
-        model_sets.print_costs(*(model_sets.describe(d) for d, _ in sets.values()),
-                               *(label for _, label in sets.values()))  # fmt: skip
+        sets = model_sets.new_and_previous(previous, workdir)
         figures: dict[str, dict[str, list[float]]] = {name: {} for name in sets}
         for round_ in range(max(1, args.rounds)):
             c64 = oqmd_formulas("train", args.requests, offset=round_ * args.requests)

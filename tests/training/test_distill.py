@@ -31,28 +31,16 @@ def teacher(ensemble_members: list[Path], ensemble_folder: Path) -> Path:
     return folder
 
 
+def student_args(teacher: Path, folder: Path, run: Path, epochs: int, *extra: str) -> list[str]:
+    return ["train", "--data", str(folder), "--teacher", str(teacher), "--out", str(run),
+            "--epochs", str(epochs), "--batch-size", "100", "--lr", "1e-4", "--threads", "1",
+            "--no-progress", *extra]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def student_run(teacher: Path, ensemble_folder: Path) -> Path:
     run = ensemble_folder.parent / "student"
-    args = [
-        "train",
-        "--data",
-        str(ensemble_folder),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(run),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "100",
-        "--lr",
-        "1e-4",
-        "--threads",
-        "1",
-        "--no-progress",
-    ]
-    assert main(args) == 0
+    assert main(student_args(teacher, ensemble_folder, run, 3)) == 0
     return run
 
 
@@ -155,30 +143,7 @@ def test_a_distilled_student_is_one_network_served_with_sigma_and_interval(
 
 
 def test_a_resumed_student_rebuilds_the_same_network(student_run, teacher, ensemble_folder):
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(ensemble_folder),
-                "--teacher",
-                str(teacher),
-                "--out",
-                str(student_run),
-                "--epochs",
-                "4",
-                "--batch-size",
-                "100",
-                "--lr",
-                "1e-4",
-                "--threads",
-                "1",
-                "--no-progress",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main(student_args(teacher, ensemble_folder, student_run, 4, "--resume")) == 0
     config = RunConfig.load(student_run)
     assert config.result.epochs_completed == 4 and config.net.heads == 3
     from training.run_dir import load_best_model
