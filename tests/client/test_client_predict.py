@@ -28,6 +28,8 @@ COLUMNS = [
     "error_code",
     "error_message",
 ]
+# Where a row was predicted: the test ensemble's 90% interval (tests/model_factory.py) comes too.
+PREDICTED_COLUMNS = [*COLUMNS[:8], "volume_per_atom_low", "volume_per_atom_high", *COLUMNS[8:]]
 
 
 def test_a_refused_formula_is_a_row_and_the_others_are_the_services_answers(client, server):
@@ -36,7 +38,7 @@ def test_a_refused_formula_is_a_row_and_the_others_are_the_services_answers(clie
 
     frame = client.predict(formulas, progress=False)
 
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == PREDICTED_COLUMNS
     assert frame["formula"].tolist() == formulas
     assert frame["error_code"].tolist() == [None, "unknown_element", None]
     assert frame["error_message"][0] is None and "Xx" in frame["error_message"][1]
@@ -57,7 +59,11 @@ def test_a_refused_formula_is_a_row_and_the_others_are_the_services_answers(clie
                 "model": prediction["model"],
                 "version": prediction["version"],
                 "unit": prediction["unit"],
+                **({"interval_level": 0.9} if prediction["interval"] else {}),
             }
+            if prediction["interval"]:
+                assert same_number(frame[f"{name}_low"][row], prediction["interval"]["low"])
+                assert same_number(frame[f"{name}_high"][row], prediction["interval"]["high"])
     # Only the ensemble reports an uncertainty; the point models' column is empty, not zero.
     assert frame["volume_per_atom_uncertainty"][[0, 2]].notna().all()
     assert frame["band_gap_uncertainty"].isna().all()
@@ -140,9 +146,12 @@ def test_some_properties_only_and_the_same_frame_in_process(client, models_dir: 
         "composition",
         "volume_per_atom",
         "volume_per_atom_uncertainty",
+        "volume_per_atom_low",
+        "volume_per_atom_high",
         "error_code",
         "error_message",
     ]
+    assert (frame["volume_per_atom_low"] < frame["volume_per_atom"])[[0, 1, 3]].all()
     assert frame["error_code"][[0, 1, 3]].isna().all()
     assert frame["error_code"][[2, 4]].notna().all()
     assert frame["composition"].tolist()[:2] == ["Fe2O3", "LiFePO4"]
