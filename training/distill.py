@@ -210,7 +210,14 @@ def teacher_outputs(teacher: Teacher, x: torch.Tensor, batch_size: int = 8192) -
     return torch.stack(columns, dim=1)
 
 
-class DistillationObjective:
+class _HeadsObjective:
+    """An objective on a student's heads: its forward gives one column per head, [n, k]."""
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model.each_head(x)[:, :, 0].T
+
+
+class DistillationObjective(_HeadsObjective):
     """The student's loss against the teacher's members (per head), their spread (the served sigma,
     before its scale) and the true target (the mean)."""
 
@@ -218,9 +225,6 @@ class DistillationObjective:
         self.targets = targets  # [n, k]: the teacher's members on the transfer set
         self.spread = _spread(targets)  # [n]
         self.spread_weight = spread_weight
-
-    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model.each_head(x)[:, :, 0].T  # [n, k]
 
     def loss(
         self, heads: torch.Tensor, y: torch.Tensor, index: torch.Tensor, model: torch.nn.Module
@@ -244,16 +248,13 @@ def _spread(columns: torch.Tensor) -> torch.Tensor:
     return ((columns - columns.mean(dim=1, keepdim=True)).pow(2).mean(dim=1) + 1e-12).sqrt()
 
 
-class IndependentHeadsObjective:
+class IndependentHeadsObjective(_HeadsObjective):
     """Heads grown without a teacher: each head against the true target under its own bootstrap
     weighting of the rows (Poisson(1) counts, fixed per row and head for the whole run)."""
 
     def __init__(self, rows: int, heads: int, seed: int, device: torch.device) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.weights = torch.poisson(torch.ones(rows, heads), generator=generator).to(device)  # [n, k]
-
-    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model.each_head(x)[:, :, 0].T  # [n, k]
 
     def loss(
         self, heads: torch.Tensor, y: torch.Tensor, index: torch.Tensor, model: torch.nn.Module

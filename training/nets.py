@@ -119,6 +119,15 @@ def _units(widths: tuple[int, ...], n_in: int, slope: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def merged_branches(branches: nn.ModuleList, x: torch.Tensor, norm: Standardise) -> torch.Tensor:
+    """iBRNet's branches reading the standardised input, their outputs added ([n, d] -> [n, 1024])."""
+    x = norm.inputs(x)
+    merged = branches[0](x)
+    for branch in branches[1:]:
+        merged = merged + branch(x)
+    return merged
+
+
 class IBRNet(nn.Module):
     """Branches of residual units read the input, their outputs add, a residual trunk follows."""
 
@@ -133,11 +142,9 @@ class IBRNet(nn.Module):
         self.head = _dense(config.trunk_widths[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [n, 1]
-        x = self.norm.inputs(x)
-        merged = self.branches[0](x)
-        for branch in self.branches[1:]:
-            merged = merged + branch(x)  # [n, 1024]
-        return self.norm.outputs(float32_head(self.head, self.trunk(merged)))
+        return self.norm.outputs(
+            float32_head(self.head, self.trunk(merged_branches(self.branches, x, self.norm)))
+        )
 
 
 class StudentNet(nn.Module):
@@ -166,11 +173,7 @@ class StudentNet(nn.Module):
         self.register_buffer("sigma_scale", torch.tensor(1.0))
 
     def each_head(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [k, n, 1], in the target's unit
-        x = self.norm.inputs(x)
-        merged = self.branches[0](x)
-        for branch in self.branches[1:]:
-            merged = merged + branch(x)
-        shared = self.trunk(merged)
+        shared = self.trunk(merged_branches(self.branches, x, self.norm))
         outputs = [self.norm.outputs(float32_head(head[1], head[0](shared))) for head in self.heads]
         return torch.stack(outputs, dim=0)
 

@@ -389,7 +389,8 @@ class JobStore:
             statement = self._columns(job).order_by(_RESULTS.c.row_index)
             if after is not None:
                 statement = statement.where(_RESULTS.c.row_index > after.row_index)
-            return self._fetch(statement.offset(offset).limit(limit))
+            with self._guard("results"), self._engine.connect() as connection:
+                return _fetch(connection, statement.offset(offset).limit(limit))
         value, index = _RESULTS.c.sort_value, _RESULTS.c.row_index
         ascending = job.request.get("ascending", True)
         rows: list[ResultRow] = []
@@ -437,10 +438,6 @@ class JobStore:
             _RESULTS.c.sort_value,
             _RESULTS.c.payload,
         ).where(_RESULTS.c.job_id == job.id)
-
-    def _fetch(self, statement: Any) -> list[ResultRow]:
-        with self._guard("results"), self._engine.connect() as connection:
-            return _fetch(connection, statement)
 
 
 _JOBS = ScreeningJobRecord.__table__
