@@ -27,7 +27,6 @@ import csv
 import io
 import sys
 import tempfile
-import time
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -38,6 +37,9 @@ import numpy as np
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.screening.compute import ScreenModels
 from training.data import WHEEL_NAME, cache_dir, ensure_wheel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from featurize import best_seconds  # benchmarks/featurize.py: best of --repeat timings
 
 CRABNET_FIT_ROWS = 2000
 CRABNET_FIT_EPOCHS = 2  # CrabNet requires an even number
@@ -112,12 +114,7 @@ def fitted_crabnet(crabnet_class: type, model: LoadedModel, seed: int) -> object
 
 def best_rate(work: Callable[[], object], count: int, repeat: int) -> float:
     work()  # warm-up: first-call allocations, lazy imports, thread pools
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    return count / best_seconds(work, repeat)
 
 
 def main() -> None:
