@@ -195,8 +195,9 @@ class ScreeningRunner:
                 return
             if self._turn_over(job, turn_started, done):
                 return
-            # Let the event loop's threads have the GIL and the CPU between chunks.
-            time.sleep(self.pause_s)
+            # Let the event loop's threads have the GIL and the CPU between chunks (a stop ends
+            # the pause: the next chunk then hands the job back).
+            self._stopping.wait(self.pause_s)
         self._finish(job, SUCCEEDED)
         logger.info("screening job %s: succeeded, %d rows", job.id, done)
 
