@@ -180,21 +180,24 @@ def _training(configs: list[RunConfig], export_command: str) -> TrainingInfo:
         members=members if len(configs) > 1 else None,
         # early_stopping | time_limit | signal (stopped by hand) | max_epochs; best weights either way
         stop_reason=result.stop_reason if result else None,
-        started_from=_started_from(first.train.init_from),
+        started_from=_source_model(first.train.init_from),
+        # the ensemble a student was distilled from, with its validation MAE: the figure the 1%
+        # shipping rule compares with (read at export, while the teacher is still in place)
+        distilled_from=_source_model(first.train.teacher),
     )  # fmt: skip
 
 
-def _started_from(init_from: str | None) -> dict[str, Any] | None:
-    """The model a run started from (--init-from) and how that one was made: the chain stays on
-    record even when the starting model is not shipped (a first-stage student)."""
-    if not init_from:
+def _source_model(path: str | None) -> dict[str, Any] | None:
+    """A model a run learned from (--init-from, --teacher) and how that one was made: the chain
+    stays on record even when that model is no longer shipped (a first-stage student, a teacher)."""
+    if not path:
         return None
-    folder = Path(init_from.partition("#")[0])
+    folder = Path(path.partition("#")[0])
     try:
         source = ModelManifest.load(folder)
     except (OSError, ValueError):
-        return {"model": init_from}
-    return {"model": init_from, "name": source.name, "version": source.version,
+        return {"model": path}
+    return {"model": path, "name": source.name, "version": source.version,
             "command": source.training.command, "metrics_val_mae": source.metrics["val"].mae}  # fmt: skip
 
 

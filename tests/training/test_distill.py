@@ -124,6 +124,10 @@ def test_a_distilled_student_is_one_network_served_with_sigma_and_interval(
     assert manifest.output.member_weights_fit == "teacher"
     assert manifest.output.member_weights == teacher_manifest.output.member_weights
     assert "distilled from teacher" in manifest.description
+    # the teacher stays on record with the validation MAE the shipping rule compares with
+    record = manifest.training.distilled_from
+    assert record["version"] == teacher_manifest.version
+    assert record["metrics_val_mae"] == teacher_manifest.metrics["val"].mae
     # one trunk: fewer parameters than the teacher's three networks, about one network's
     assert manifest.architecture.parameters < 0.5 * teacher_manifest.architecture.parameters
     dataset = load_dataset(DataRequest(str(ensemble_folder)), splits=("val", "test"))
