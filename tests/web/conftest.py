@@ -94,7 +94,9 @@ def page(browser: object, server: str) -> Iterator[object]:
     context.route("**/*", fence)
     tab = context.new_page()
     tab.on("pageerror", lambda error: page_errors.append(str(error)))
-    tab.goto(f"{server}/")
+    # A generous first load: a fresh browser on a busy 2-CPU machine once took over 30 s (the
+    # default) to load the page and its plotting library (megabytes); what is tested comes after.
+    tab.goto(f"{server}/", timeout=120_000)
     # Ready once the served properties are listed (GET /models answered).
     tab.wait_for_selector("#single-form [data-role=properties] input[type=checkbox]")
     yield tab
