@@ -155,6 +155,38 @@ def test_hulls_of_the_shipped_reference_give_bartels_dft_decomposition_enthalpie
     assert 0.2 < (published <= 0).mean() < 0.7  # the sample holds stable and unstable compounds
 
 
+def test_hulls_built_from_the_points_on_them_equal_pymatgens_hull_of_every_compound():
+    """build_hull hands PhaseDiagram only the compounds on or near the lower hull: on 120 real
+    systems of the shipped reference (2-5 elements), its hull energy at every compound of the
+    system equals the hull of PhaseDiagram given every compound, and so do the stable phases."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    reference = load_reference()
+    systems = sorted({frozenset(a) for a in reference.amounts if 2 <= len(a) <= 5}, key=sorted)
+    chosen = np.random.default_rng(1).choice(len(systems), 120, replace=False)
+    compared = 0
+    for system in (systems[i] for i in chosen):
+        order = sorted(system)
+        positions = reference.within(order)
+        entries = [PDEntry(Composition({e: 1}), 0.0) for e in order] + [
+            PDEntry(
+                Composition(reference.amounts[p]), reference.energies[p] * sum(reference.amounts[p].values())
+            )
+            for p in positions
+        ]
+        full = PhaseDiagram(entries)
+        hull = build_hull(reference, system)
+        fractions = hull.fractions([reference.amounts[p] for p in positions])
+        ours = hull.energy(fractions)[0]
+        theirs = [full.get_hull_energy_per_atom(Composition(reference.amounts[p])) for p in positions]
+        assert ours == pytest.approx(theirs, abs=1e-9), order
+        stable = {entry.composition.reduced_formula for entry in full.stable_entries}
+        assert set(hull.vertex_names) == stable, order
+        compared += len(positions)
+    assert compared > 1000
+
+
 def test_the_shipped_reference_matches_its_metadata():
     reference = load_reference()
     assert len(reference.keys) == 85_014 and reference.name == "mp-critexam-2020"
