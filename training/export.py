@@ -38,7 +38,7 @@ from app.inference.manifest import (
     Variant,
     file_sha256,
 )
-from training import calibration, fp16, intervals, onnx_model, row_int8
+from training import calibration, fp16, intervals, onnx_model, row_int8, stability
 from training.data import Dataset, load_dataset
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
@@ -298,6 +298,12 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         weights=storage,
     )
     manifest.save(out_dir)
+    if with_sigma and first.data.data == stability.CRITEXAM_DATASET:
+        # A model behind e_above_hull: p_stable's curve, fitted on the file as served (validation only).
+        manifest.stability = stability.fit_calibration(out_dir)
+        manifest.save(out_dir)
+        print(f"p_stable: {len(manifest.stability.gaussian)}-knot isotonic curve on "
+              f"{manifest.stability.calibration_rows} validation compounds", file=sys.stderr)  # fmt: skip
     return manifest
 
 

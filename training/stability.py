@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from app.inference.manifest import ONNX_FILE, ModelManifest
+from app.inference.manifest import ONNX_FILE, ModelManifest, StabilityCalibration
 from app.stability.assess import p_stable
 from app.stability.hull import HullCache, build_hull
 from app.stability.reference import HullReference, parse_rows
 from training import onnx_model
 from training.data import DataRequest, ensure_wheel, excluded_compositions, load_dataset
 
+CRITEXAM_DATASET = "critexam-ef"  # the packaged dataset of CritExam__Ef (training/datasets.py)
 EF_MEMBER = "crabnet/data/benchmark_data/CritExam__Ef/{split}.csv"
 ED_MEMBER = "crabnet/data/benchmark_data/CritExam__Ed/{split}.csv"
 SPLITS = ("train", "val", "test")
@@ -81,14 +82,14 @@ def critexam_formulas(split: str) -> list[str]:
     return [row["formula"] for row in critexam_rows(split)]
 
 
-def model_predictions(model_dir: Path) -> dict[str, np.ndarray]:
+def model_predictions(model_dir: Path, splits: Sequence[str] = SPLITS) -> dict[str, np.ndarray]:
     """split -> [n, 2] (mean, sigma; sigma NaN for a point model) in CritExam file order."""
     manifest = ModelManifest.load(model_dir)
-    request = DataRequest(data="critexam-ef", features=manifest.features.spec, outlier_iqr=None)
-    dataset = load_dataset(request, splits=SPLITS)
+    request = DataRequest(data=CRITEXAM_DATASET, features=manifest.features.spec, outlier_iqr=None)
+    dataset = load_dataset(request, splits=splits)
     session = onnx_model.session(model_dir / ONNX_FILE)
     out = {}
-    for split in SPLITS:
+    for split in splits:
         rows = dataset.splits[split]
         # Predictions are matched to compounds by position: every CritExam row must be there, in
         # file order (an outlier rule or a refused row would shift every energy after it).
@@ -190,17 +191,49 @@ def classification(
     }
 
 
-def service_protocol(ef: dict[str, HullReference], predicted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def service_protocol(
+    ef: dict[str, HullReference],
+    predicted: dict[str, np.ndarray],
+    calibration: StabilityCalibration | None = None,
+) -> dict[str, np.ndarray]:
     """Per test compound: DFT and predicted energy above the train+val DFT hull, and p_stable."""
     reference = concatenate([ef["train"], ef["val"]], "CritExam train+val")
     test = ef["test"]
     hull = hull_energies(reference, test, progress="service protocol")
     mean, sigma = predicted["test"][:, 0], predicted["test"][:, 1]
-    return {"true": test.energies - hull, "predicted": mean - hull, "p_stable": p_stable(mean - hull, sigma)}
+    probability = p_stable(mean - hull, sigma, calibration)
+    return {"true": test.energies - hull, "predicted": mean - hull, "p_stable": probability}
+
+
+def fit_calibration(model_dir: Path) -> StabilityCalibration:
+    """``p_stable``'s curve for a CritExam model, from validation only: each validation compound
+    against the hull of the train compounds' DFT energies (the service's protocol one split down)."""
+    ef = critexam(EF_MEMBER)
+    mean, sigma = model_predictions(model_dir, splits=("val",))["val"].T
+    if not np.isfinite(sigma).all():
+        raise SystemExit("p_stable calibration: the model serves no uncertainty")
+    hull = hull_energies(ef["train"], ef["val"], progress="p_stable calibration")
+    return fit_curve(p_stable(mean - hull, sigma), ef["val"].energies - hull <= 0)
+
+
+def fit_curve(gaussian: np.ndarray, stable: np.ndarray) -> StabilityCalibration:
+    """The monotone curve from Gaussian probabilities to observed shares of stable compounds."""
+    from sklearn.isotonic import IsotonicRegression
+
+    curve = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    curve.fit(np.asarray(gaussian, dtype=np.float64), np.asarray(stable, dtype=np.float64))
+    return StabilityCalibration(
+        gaussian=[float(x) for x in curve.X_thresholds_],
+        observed=[float(y) for y in curve.y_thresholds_],
+        calibration_rows=len(gaussian),
+    )
 
 
 def bartel_protocol(
-    ef: dict[str, HullReference], ed_test: np.ndarray, predicted: dict[str, np.ndarray]
+    ef: dict[str, HullReference],
+    ed_test: np.ndarray,
+    predicted: dict[str, np.ndarray],
+    calibration: StabilityCalibration | None = None,
 ) -> dict[str, np.ndarray]:
     """Per test compound: DFT ΔHd (CritExam__Ed) and ΔHd from every compound's prediction."""
     means = np.concatenate([predicted[split][:, 0] for split in SPLITS])
@@ -211,7 +244,7 @@ def bartel_protocol(
     return {
         "true": ed_test,
         "predicted": predicted_dhd,
-        "p_stable": p_stable(predicted_dhd, predicted["test"][:, 1]),
+        "p_stable": p_stable(predicted_dhd, predicted["test"][:, 1], calibration),
     }
 
 
@@ -235,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("CritExam__Ed and CritExam__Ef test files list different compounds")
     predicted = model_predictions(model_dir)
     manifest = ModelManifest.load(model_dir)
+    calibration = manifest.stability
     subsets = {"all test compounds": np.ones(len(ef["test"].keys), dtype=bool)}
     if args.exclude:
         subsets[f"test compounds in no split of {', '.join(args.exclude)}"] = unseen_mask(
@@ -242,10 +276,15 @@ def run(args: argparse.Namespace) -> int:
         )
     per_compound = {}
     if args.protocol in ("service", "both"):
-        per_compound["service"] = service_protocol(ef, predicted)
+        per_compound["service"] = service_protocol(ef, predicted, calibration)
     if args.protocol in ("bartel", "both"):
-        per_compound["bartel"] = bartel_protocol(ef, ed["test"].energies, predicted)
-    results: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "figures": []}
+        per_compound["bartel"] = bartel_protocol(ef, ed["test"].energies, predicted, calibration)
+    results: dict[str, Any] = {
+        "model": manifest.name,
+        "version": manifest.version,
+        "p_stable": "Gaussian" if calibration is None else f"calibrated on validation ({calibration.method})",
+        "figures": [],
+    }
     ef_error = np.abs(predicted["test"][:, 0] - ef["test"].energies)
     for subset, mask in subsets.items():
         for protocol, arrays in per_compound.items():
@@ -263,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
+    print(f"p_stable: {results['p_stable']}")
     for figures in results["figures"]:
         print_figures(
             f"{figures['protocol']} protocol, {figures['subset']} ({figures['reference']})", figures

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "model.json"
@@ -44,6 +45,29 @@ class IntervalCalibration(BaseModel):
         """The interval around ``value``; its low end never below the property's floor (band gaps >= 0)."""
         low, high = value - self.scale * uncertainty, value + self.scale * uncertainty
         return (low if floor is None else max(low, floor)), high
+
+
+class StabilityCalibration(BaseModel):
+    """How ``p_stable`` is read off a model behind ``e_above_hull`` (app/stability/assess.py).
+
+    Composition-only errors are heavy-tailed and shrink extreme energies towards the middle, so
+    the Gaussian probability Phi(-e_above_hull / sigma) is overconfident at both ends and too low
+    just below 0.5-0.7 (observed on validation). The served probability is that Gaussian one
+    mapped through this monotone curve: isotonic regression of "stable in DFT" on the Gaussian
+    probability over the validation compounds, each against the hull of the train compounds (the
+    service's protocol, with no test compound anywhere). Linear between knots, flat beyond them.
+    """
+
+    gaussian: list[float]  # knots: Gaussian probabilities, increasing
+    observed: list[float]  # the served probability at each knot, non-decreasing
+    method: str = (
+        "isotonic regression on the validation split: each validation compound's Gaussian p_stable "
+        "against the hull of the train compounds' DFT energies, target: stable in DFT"
+    )
+    calibration_rows: int | None = None
+
+    def apply(self, gaussian: np.ndarray) -> np.ndarray:
+        return np.interp(gaussian, self.gaussian, self.observed)
 
 
 class Output(BaseModel):
@@ -120,6 +144,8 @@ class ModelManifest(BaseModel):
     variants: dict[str, Variant] = Field(default_factory=dict)  # e.g. {"int8": ...}
     created: str
     citations: list[str] = Field(default_factory=list)
+    # models behind e_above_hull (formation_energy_mp): p_stable's calibration; None: Gaussian
+    stability: StabilityCalibration | None = None
 
     @property
     def version(self) -> str:

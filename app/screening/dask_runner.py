@@ -28,6 +28,7 @@ from app.screening.spec import ScreenRequest
 from app.settings import available_cpus
 from app.stability.assess import StabilityAssessor
 from app.stability.reference import load_reference
+from app.stability.service import source_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def worker_models(spec: ModelSpec) -> ScreenModels:
                         f"{reference.sha256[:12]}, the client's {str(spec.hull_reference_sha256)[:12]}: "
                         "give every worker the same file (an absolute path)"
                     )
-                stability = StabilityAssessor(reference)
+                stability = StabilityAssessor(reference, calibration=source_calibration(registry))
             models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length, stability)
             found = tuple((model.property, model.version) for model in models.models)
             if found != spec.versions:

@@ -2,8 +2,10 @@
 
 ``value`` = predicted formation energy - hull energy at the same composition (eV/atom; negative:
 predicted below the known hull). The hull is DFT data, so the value's uncertainty is the model's
-calibrated sigma, and ``p_stable`` = P(true energy <= hull) = Phi(-value / sigma) under that
-Gaussian. Compositions with an element that no reference compound contains get no value (the
+calibrated sigma, and ``p_stable`` = P(true energy <= hull): Phi(-value / sigma) under that
+Gaussian, mapped through the model's validation-fitted curve where its manifest has one
+(StabilityCalibration: the errors are heavy-tailed, so the bare Gaussian is overconfident at
+both ends). Compositions with an element that no reference compound contains get no value (the
 hull there would be the bare elements, not a comparison with known compounds) and say why.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import DomainError
+from app.inference.manifest import StabilityCalibration
 from app.inference.results import Interval
 from app.stability.hull import HullCache
 from app.stability.reference import HullReference
@@ -89,27 +92,38 @@ class StabilityPrediction:
         return asdict(self)
 
 
-def p_stable(value: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """P(on or below the hull) for Gaussian errors of width sigma; a step where sigma is unknown."""
+def p_stable(
+    value: np.ndarray, sigma: np.ndarray, calibration: StabilityCalibration | None = None
+) -> np.ndarray:
+    """P(on or below the hull): the Gaussian probability for errors of width sigma, through
+    ``calibration`` where given; a step where sigma is unknown."""
     from scipy.special import ndtr  # the standard normal CDF, vectorised (scipy comes with pymatgen)
 
     value = np.asarray(value, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         probability = ndtr(-value / sigma)
+    if calibration is not None:
+        probability = calibration.apply(probability)
     step = np.where(value <= 0, 1.0, 0.0)
     probability = np.where(np.isfinite(sigma) & (sigma > 0), probability, step)
     return np.where(np.isfinite(value), probability, np.nan)
 
 
 class StabilityAssessor:
-    def __init__(self, reference: HullReference, hulls: HullCache | None = None) -> None:
+    def __init__(
+        self,
+        reference: HullReference,
+        hulls: HullCache | None = None,
+        calibration: StabilityCalibration | None = None,  # the source model's (its manifest)
+    ) -> None:
         # pymatgen's phase-diagram module takes ~1 s to import: paid here, at start-up, rather than
         # by the first request (or screen) that needs a hull.
         import pymatgen.analysis.phase_diagram  # noqa: F401
 
         self.reference = reference
         self.hulls = hulls or HullCache(reference)
+        self.calibration = calibration
         self._described = reference.describe()
         self._elements = reference.elements
 
@@ -166,9 +180,8 @@ class StabilityAssessor:
             energies[rows] = hull.energy(counts / counts.sum(axis=1, keepdims=True))[0]
         return energies
 
-    @staticmethod
     def above_hull(
-        predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray, elements: np.ndarray
+        self, predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray, elements: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(e_above_hull, p_stable) from predicted energies, their sigma and the hull energies.
 
@@ -176,7 +189,7 @@ class StabilityAssessor:
         definition and certainly on the hull, whatever a model predicts for it.
         """
         above = np.asarray(predicted, dtype=np.float64) - hull_energy
-        probability = p_stable(above, np.asarray(sigma, dtype=np.float64))
+        probability = p_stable(above, np.asarray(sigma, dtype=np.float64), self.calibration)
         element = (np.asarray(elements) == 1) & np.isfinite(hull_energy)
         return np.where(element, 0.0, above), np.where(element, 1.0, probability)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app.inference.manifest import StabilityCalibration
 from app.inference.registry import ModelRegistry
 from app.settings import Settings
 from app.stability.assess import SOURCE_PROPERTY, StabilityAssessor
@@ -32,4 +33,11 @@ def load_stability(settings: Settings, registry: ModelRegistry) -> StabilityAsse
         len(reference.keys),
         reference.sha256[:12],
     )
-    return StabilityAssessor(reference, HullCache(reference, settings.hull_cache_systems))
+    hulls = HullCache(reference, settings.hull_cache_systems)
+    return StabilityAssessor(reference, hulls, source_calibration(registry))
+
+
+def source_calibration(registry: ModelRegistry) -> StabilityCalibration | None:
+    """The p_stable calibration of the served formation_energy_mp model (None: Gaussian)."""
+    source = registry.by_property.get(SOURCE_PROPERTY)
+    return source.manifest.stability if source is not None else None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import pytest
 from scipy.special import ndtr
 
+from app.inference.manifest import ModelManifest, StabilityCalibration
 from app.stability.reference import HullReferenceError
 from tests.api.harness import flush_cache_writes, make_settings, serve
 
@@ -40,6 +42,23 @@ async def test_predict_answers_e_above_hull_from_the_mp_model_and_the_reference(
     assert stability["known"] is True and stability["unit"] == "eV/atom" and stability["error"] is None
     assert stability["model"] == source["model"] and stability["version"] == source["version"]
     assert stability["reference"]["name"] == "li-o.csv" and len(stability["reference"]["sha256"]) == 12
+
+
+async def test_p_stable_goes_through_the_source_models_calibration_curve(
+    mp_models_dir, paper_reference, tmp_path
+):
+    models = tmp_path / "models"
+    shutil.copytree(mp_models_dir, models)
+    manifest = ModelManifest.load(models / "mp-formation-energy")
+    manifest.stability = StabilityCalibration(gaussian=[0.0, 1.0], observed=[0.2, 0.6], calibration_rows=2)
+    manifest.save(models / "mp-formation-energy")
+    settings = make_settings(models, f"sqlite:///{tmp_path / 'cache.db'}", hull_reference=paper_reference)
+    async with serve(settings) as (_, client):
+        body = (await client.post("/predict/batch", json={"formulas": ["Li2O2", "Li"]})).json()
+    stability = body["results"][0]["predictions"]["e_above_hull"]
+    gaussian = ndtr(-stability["value"] / stability["uncertainty"])
+    assert stability["p_stable"] == pytest.approx(0.2 + 0.4 * gaussian)
+    assert body["results"][1]["predictions"]["e_above_hull"]["p_stable"] == 1.0  # an element: on its hull
 
 
 async def test_asked_alone_e_above_hull_is_the_only_answer_and_is_cached_like_its_source(settings):
