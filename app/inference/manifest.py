@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
@@ -66,8 +66,26 @@ class StabilityCalibration(BaseModel):
     )
     calibration_rows: int | None = None
 
+    @model_validator(mode="after")
+    def _a_monotone_curve(self) -> StabilityCalibration:
+        # Refused when the manifest is read: a bad curve would fail or mislead every answer.
+        knots, values = np.asarray(self.gaussian), np.asarray(self.observed)
+        if len(knots) == 0 or len(knots) != len(values):
+            raise ValueError("stability: gaussian and observed need the same number of knots, at least one")
+        if np.any(np.diff(knots) <= 0) or np.any(np.diff(values) < 0):
+            raise ValueError("stability: gaussian must increase and observed must not decrease")
+        if not (np.all((knots >= 0) & (knots <= 1)) and np.all((values >= 0) & (values <= 1))):
+            raise ValueError("stability: knots and values are probabilities, in [0, 1]")
+        return self
+
     def apply(self, gaussian: np.ndarray) -> np.ndarray:
         return np.interp(gaussian, self.gaussian, self.observed)
+
+    @property
+    def digest(self) -> str:
+        """Names this curve in a screen's record: a resumed screen must read p_stable the same way."""
+        knots = json.dumps([self.gaussian, self.observed]).encode()
+        return hashlib.sha256(knots).hexdigest()[:12]
 
 
 class Output(BaseModel):

@@ -111,7 +111,12 @@ class ScreenModels:
         if self.stability is not None and self.source is not None:
             source = described[self.source.property]
             reference = self.stability.reference.describe()
-            described[E_ABOVE_HULL] = {**source, "unit": UNIT, "reference": reference}
+            described[E_ABOVE_HULL] = {
+                **source,
+                "unit": UNIT,
+                "reference": reference,
+                "p_stable": self.stability.describe_p_stable(),
+            }
             for column in DERIVED_COLUMNS:
                 described[column] = {**source, "unit": "", "uncertainty": False, "derived_from": E_ABOVE_HULL}
         return described

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from app.inference.manifest import StabilityCalibration
 from app.inference.registry import ModelRegistry
 from app.screening.compute import ScreenModels, passes_filters, rank_within
 from app.screening.enumerate import ChemicalSpace
@@ -28,7 +29,6 @@ from app.screening.spec import ScreenRequest
 from app.settings import available_cpus
 from app.stability.assess import StabilityAssessor
 from app.stability.reference import load_reference
-from app.stability.service import source_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class ModelSpec:
     # and its sha256: a worker with another file under that path refuses instead of ranking on it
     hull_reference: str | None = None
     hull_reference_sha256: str | None = None
+    # p_stable's curve as the client read it (knots, values), used by every worker as it is: a
+    # worker's own model.json could hold another curve for the same ONNX file
+    p_stable_curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def of(cls, models: ScreenModels, models_dir: Path, **options: Any) -> ModelSpec:
@@ -59,6 +62,9 @@ class ModelSpec:
         if models.stability is not None:
             options.setdefault("hull_reference", "")
             options["hull_reference_sha256"] = models.stability.reference.sha256
+            curve = models.stability.calibration
+            if curve is not None:
+                options["p_stable_curve"] = (tuple(curve.gaussian), tuple(curve.observed))
         return cls(str(models_dir), tuple(models.properties), versions, **options)
 
 
@@ -103,7 +109,11 @@ def worker_models(spec: ModelSpec) -> ScreenModels:
                         f"{reference.sha256[:12]}, the client's {str(spec.hull_reference_sha256)[:12]}: "
                         "give every worker the same file (an absolute path)"
                     )
-                stability = StabilityAssessor(reference, calibration=source_calibration(registry))
+                curve = spec.p_stable_curve
+                calibration = (
+                    StabilityCalibration(gaussian=list(curve[0]), observed=list(curve[1])) if curve else None
+                )
+                stability = StabilityAssessor(reference, calibration=calibration)
             models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length, stability)
             found = tuple((model.property, model.version) for model in models.models)
             if found != spec.versions:

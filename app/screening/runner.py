@@ -215,6 +215,15 @@ class ScreeningRunner:
                     f"the hull reference changed from {expected_reference} while the job was queued "
                     "or running; submit the screen again",
                 )
+            # Jobs recorded before p_stable had a curve carry no "p_stable": nothing to compare.
+            expected_p_stable = job.models[E_ABOVE_HULL].get("p_stable")
+            if expected_p_stable not in (None, models.stability.describe_p_stable()):
+                raise DomainError(
+                    "model_changed",
+                    f"p_stable's calibration changed from {expected_p_stable} to "
+                    f"{models.stability.describe_p_stable()} while the job was queued or running; "
+                    "submit the screen again",
+                )
         for model in models.models:
             expected = job.models[model.property]["version"]
             if model.version != expected:

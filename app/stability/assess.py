@@ -127,6 +127,10 @@ class StabilityAssessor:
         self._described = reference.describe()
         self._elements = reference.elements
 
+    def describe_p_stable(self) -> str:
+        """How p_stable is read: "gaussian", or the digest of the source model's curve."""
+        return "gaussian" if self.calibration is None else f"curve {self.calibration.digest}"
+
     def hull_ready(self, systems: Sequence[frozenset[str]]) -> bool:
         """Whether every system's hull is already built (then assessing is cheap enough inline)."""
         return all(self.hulls.has(system) for system in systems)

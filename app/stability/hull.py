@@ -109,7 +109,8 @@ def build_hull(
 
 
 def on_or_below_lower_hull(fractions: np.ndarray, energies: np.ndarray) -> np.ndarray:
-    """Which points (atomic fractions [n, elements], eV/atom) lie on or below their lower hull.
+    """Which points (atomic fractions [n, elements], eV/atom; the elements among them at 0, as
+    build_hull passes them) lie on or below their lower hull.
 
     Why: PhaseDiagram spends most of its time on pymatgen Composition work per entry (sorting,
     reduced formulas), ~16 ms for Li-Fe-O's 104 compounds, and a cold /predict pays for one hull.
@@ -121,12 +122,15 @@ def on_or_below_lower_hull(fractions: np.ndarray, energies: np.ndarray) -> np.nd
     from scipy.spatial import ConvexHull, QhullError
 
     everything = np.ones(len(energies), dtype=bool)
+    # The elements sit at 0, so the hull is never above 0: a compound above it is not a candidate,
+    # and leaving it out keeps qhull's upper hull (work PhaseDiagram never needs) to one facet.
+    candidates = energies <= HULL_TOLERANCE
     dimension = fractions.shape[1]
-    if dimension < 2 or len(energies) <= dimension + 1:
+    if dimension < 2 or candidates.sum() <= dimension + 1:
         return everything
     points = np.column_stack([fractions[:, 1:], energies])  # the first fraction follows from the others
     try:
-        hull = ConvexHull(points)
+        hull = ConvexHull(points[candidates])
     except QhullError:
         return everything
     normals, offsets = hull.equations[:, :-1], hull.equations[:, -1]

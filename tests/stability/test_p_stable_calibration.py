@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from scipy.special import ndtr
 
 from app.inference.manifest import ModelManifest, StabilityCalibration
+from app.inference.registry import ModelRegistry
+from app.screening.compute import ScreenModels
+from app.screening.dask_runner import ModelSpec, worker_models
 from app.settings import REPOSITORY_MODELS_DIR
 from app.stability.assess import SOURCE_PROPERTY, StabilityAssessor, p_stable
 from app.stability.reference import load_reference
+from app.stability.service import source_calibration
 from training.stability import fit_curve
 
 CURVE = StabilityCalibration(gaussian=[0.1, 0.5, 0.9], observed=[0.05, 0.6, 0.8])
@@ -59,3 +68,49 @@ def test_the_shipped_source_model_carries_a_curve_fitted_on_every_validation_com
     curve = source.stability
     assert curve is not None and curve.calibration_rows == source.dataset.sizes["val"]
     assert np.all(np.diff(curve.observed) >= 0) and 0 <= curve.observed[0] <= curve.observed[-1] <= 1
+
+
+@pytest.mark.parametrize(
+    "gaussian, observed, wrong",
+    [
+        ([], [], "at least one"),
+        ([0.1, 0.5], [0.2], "same number"),
+        ([0.5, 0.1], [0.2, 0.3], "must increase"),
+        ([0.1, 0.5], [0.3, 0.2], "must not decrease"),
+        ([0.1, 0.5], [0.2, 1.5], "in [0, 1]"),
+    ],
+)
+def test_a_manifest_with_a_bad_curve_is_refused_when_read(mp_models_dir, tmp_path, gaussian, observed, wrong):
+    folder = tmp_path / "mp"
+    shutil.copytree(mp_models_dir / "mp-formation-energy", folder)
+    raw = json.loads((folder / "model.json").read_text())
+    raw["stability"] = {"gaussian": gaussian, "observed": observed}
+    (folder / "model.json").write_text(json.dumps(raw))
+    with pytest.raises(ValidationError, match=re.escape(wrong)):
+        ModelManifest.load(folder)
+
+
+def test_dask_workers_read_p_stable_through_the_clients_curve_and_a_screen_records_it(
+    mp_models_dir, paper_reference, tmp_path
+):
+    models_dir = tmp_path / "models"
+    shutil.copytree(mp_models_dir, models_dir)
+    manifest = ModelManifest.load(models_dir / "mp-formation-energy")
+    manifest.stability = CURVE
+    manifest.save(models_dir / "mp-formation-energy")
+    registry = ModelRegistry.load(models_dir, device="cpu", intra_op_threads=1, prefer_int8_on_cpu=False)
+    client = ScreenModels.from_registry(
+        registry,
+        ["e_above_hull"],
+        stability=StabilityAssessor(
+            load_reference(paper_reference), calibration=source_calibration(registry)
+        ),
+    )
+    assert client.describe()["e_above_hull"]["p_stable"] == f"curve {CURVE.digest}"
+    spec = ModelSpec.of(client, models_dir, hull_reference=str(paper_reference))
+    # The worker's own model.json now holds another curve for the same ONNX file: it must not matter.
+    manifest.stability = StabilityCalibration(gaussian=[0.0, 1.0], observed=[0.0, 0.01])
+    manifest.save(models_dir / "mp-formation-energy")
+    worker = worker_models(spec)
+    assert worker.stability is not None and worker.stability.calibration == CURVE
+    assert worker.describe() == client.describe()
