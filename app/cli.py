@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults live in training/run_config.py (TrainConfig) and training/data.py (DataRequest): an
     # option not given is None here, and a --resume takes it from the run's config.json instead.
     train.add_argument("--data", help="packaged dataset name or a CSV file (required unless --resume)")
-    train.add_argument("--arch", choices=["ibrnet", "brnet", "irnet", "elemnet"], help="default ibrnet")
+    train.add_argument(
+        "--arch", choices=["ibrnet", "brnet", "irnet", "elemnet", "attention"], help="default ibrnet"
+    )
     train.add_argument("--features", choices=["ef", "pa", "ef+pa"], help="default ef")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--epochs", type=int, help="default 3000")

@@ -3,8 +3,8 @@
     --previous HEAD~3          models/ as committed at that revision (read with git show)
     --previous /path/to/models a folder of model directories
 
-Also what a set costs on paper: MFLOP per formula counted from the ONNX graphs (two per weight of
-every Gemm/MatMul: the dense layers are all of the arithmetic) and bytes on disk.
+Also what a set costs on paper: MFLOP per formula counted from the ONNX graphs (two per
+multiply-add of every Gemm/MatMul: the dense layers are all of the arithmetic) and bytes on disk.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from app.inference.manifest import MANIFEST_FILE, ONNX_FILE, ModelManifest
 
@@ -46,17 +47,26 @@ def model_dirs(models_dir: Path) -> list[Path]:
 
 
 def mflop_per_formula(model_dir: Path) -> float:
-    graph = onnx.load(str(model_dir / ONNX_FILE)).graph
-    sizes = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
-    for node in graph.node:  # float16-stored weights reach their Gemm through a Cast to float32
-        if node.op_type == "Cast" and node.input[0] in sizes:
-            sizes[node.output[0]] = sizes[node.input[0]]
-    weights = sum(
-        max((sizes.get(name, 0) for name in node.input), default=0)
-        for node in graph.node
-        if node.op_type in ("Gemm", "MatMul")
-    )
-    return 2 * weights / 1e6
+    """2 x (output elements x inner dimension) of every Gemm/MatMul for one formula, with the shapes
+    read from running the graph on one row: the dense layers are all of the arithmetic, and a layer
+    applied to each of a formula's element tokens (the attention network) counts once per token,
+    where counting weights would count it once."""
+    model = onnx.load(str(model_dir / ONNX_FILE))
+    products = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
+    weights = {tensor.name for tensor in model.graph.initializer}
+    exposed = {output.name for output in model.graph.output}
+    for name in dict.fromkeys(n for node in products for n in (node.input[0], node.output[0])):
+        if name not in exposed and name not in weights:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    values = session.run(None, {first.name: np.zeros((1, first.shape[1]), dtype=np.float32)})
+    shapes = {output.name: value.shape for output, value in zip(session.get_outputs(), values, strict=True)}
+    flops = 0
+    for node in products:
+        inner = shapes[node.input[0]][-1]  # our Gemms never transpose their first input
+        flops += 2 * int(np.prod(shapes[node.output[0]])) * inner
+    return flops / 1e6
 
 
 def describe(models_dir: Path) -> dict[str, dict[str, float | str]]:

@@ -28,6 +28,7 @@ NAMES = {
     "brnet": "BRNet",
     "irnet": "IRNet-17",
     "elemnet": "ElemNet-17",
+    "attention": "Element attention",
     "rf": "Random forest",
 }
 

@@ -66,6 +66,11 @@ ARCHITECTURE_CITATIONS: dict[str, str] = {
     "elemnet": "ElemNet: D. Jha, L. Ward, A. Paul, W.-k. Liao, A. Choudhary, C. Wolverton, A. Agrawal, "
     "'ElemNet: Deep learning the chemistry of materials from only elemental composition', "
     "Sci. Rep. 8, 17593 (2018).",
+    "attention": "Element attention after CrabNet (A. Y.-T. Wang, S. K. Kauwe, R. J. Murdock, T. D. "
+    "Sparks, 'Compositionally restricted attention-based network for materials property predictions', "
+    "npj Comput. Mater. 7, 77 (2021)) and Roost (R. E. A. Goodall, A. A. Lee, 'Predicting materials "
+    "properties without crystal structure: deep representation learning from stoichiometry', Nat. "
+    "Commun. 11, 6280 (2020)).",
 }
 PA_CITATION = (
     "Physical attributes: L. Ward, A. Agrawal, A. Choudhary, C. Wolverton, 'A general-purpose "

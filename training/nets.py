@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "irnet", "elemnet")
+ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "irnet", "elemnet", "attention")
 
 # Trunk widths of iBRNet after its two 1024-wide branches; the baselines' 17-layer schedule.
 IBRNET_TRUNK: tuple[int, ...] = (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
@@ -27,7 +27,7 @@ ELEMNET_DROPOUT: dict[int, float] = {1024: 0.2, 512: 0.1, 256: 0.3, 128: 0.2}
 
 @dataclass
 class NetConfig:
-    arch: str = "ibrnet"  # ibrnet | brnet | irnet | elemnet
+    arch: str = "ibrnet"  # ibrnet | brnet | irnet | elemnet | attention
     input_width: int = 86
     branches: int = 2  # iBRNet: parallel branches reading the input
     branch_widths: tuple[int, ...] = (1024, 1024)
@@ -45,6 +45,13 @@ class NetConfig:
     # the output layer are repeated ``heads`` times, one head per teacher member; 1: one plain network.
     heads: int = 1
     head_units: int = 3
+    # The attention network (training/attention_net.py): how many leading input columns are element
+    # fractions (the ef block; training sets it), and the size of its element tokens' transformer.
+    element_columns: int = 0
+    attention_width: int = 128
+    attention_layers: int = 3
+    attention_heads: int = 4
+    attention_tokens: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +281,10 @@ def build_network(config: NetConfig) -> nn.Module:
         return IRNet(config)
     if config.arch == "elemnet":
         return ElemNet(config)
+    if config.arch == "attention":
+        from training.attention_net import ElementAttentionNet  # it builds on this module's parts
+
+        return ElementAttentionNet(config)
     raise ValueError(f"unknown architecture {config.arch!r}; choose one of {ARCHITECTURES}")
 
 

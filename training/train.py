@@ -205,6 +205,13 @@ def write_log(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
+def leading_element_fractions(spec: str) -> int:
+    """How many of the features' first columns are element fractions: the ef block, where the spec
+    starts with it (``ef``, ``ef+pa``); 0 otherwise. The attention network reads its tokens there."""
+    first = spec.split("+")[0]
+    return get_featurizer(first).width if first == "ef" else 0
+
+
 def _check_resumable(saved: RunConfig, config: TrainConfig, request: DataRequest) -> None:
     fixed = {"arch": config.arch, "seed": config.seed}
     mismatched = [k for k, v in fixed.items() if getattr(saved.train, k) != v]
@@ -283,7 +290,12 @@ def train(
         model = model.to(device)
     else:
         stats = normalisation(dataset, featurizer.labels, config.target_scaling)
-        net_config = NetConfig(arch=config.arch, input_width=featurizer.width, **stats)
+        net_config = NetConfig(
+            arch=config.arch,
+            input_width=featurizer.width,
+            element_columns=leading_element_fractions(featurizer.name),
+            **stats,
+        )
         model = build_network(net_config).to(device)
     parameters = count_parameters(model)
     if teacher is not None:
