@@ -10,7 +10,9 @@ attend to each other; the pooled result meets the standardised ``pa`` attributes
 
 Everything is a fixed-shape tensor op (TopK, Gather, MatMul, Softmax), so it exports to ONNX like
 the other networks and runs with padded tokens masked out. A formula with more elements than
-``attention_tokens`` is read by its largest fractions only (every packaged dataset has at most 8).
+``attention_tokens`` (10 by default; the packaged datasets have at most 9) is read by its largest
+fractions only, ties at the cut going to the element earlier in the ef order, in PyTorch and in
+ONNX Runtime alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from training.nets import NetConfig, Standardise, _dense, _units, float32_head
+from training.nets import NetConfig, Standardise, dense, float32_head, residual_units
 
 MASKED = -1e4  # added to a padded token's attention score: exp() of it is 0 in float16 and bfloat16 too
 
@@ -70,8 +72,6 @@ class ElementAttentionNet(nn.Module):
         elements = config.element_columns
         if not 0 < elements <= config.input_width:
             raise ValueError("the attention network needs the ef element fractions first in its features")
-        if config.heads > 1:
-            raise ValueError("the attention network has no student heads yet")
         width, slope = config.attention_width, config.leaky_slope
         self.elements, self.tokens = elements, min(config.attention_tokens, elements)
         self.norm = Standardise(config)
@@ -83,14 +83,19 @@ class ElementAttentionNet(nn.Module):
             AttentionBlock(width, config.attention_heads, slope) for _ in range(config.attention_layers)
         )
         self.pooled_norm = nn.LayerNorm(width)
-        self.trunk = _units(config.trunk_widths, width + config.input_width - elements, slope)
-        self.head = _dense(config.trunk_widths[-1], 1)
+        self.trunk = residual_units(config.trunk_widths, width + config.input_width - elements, slope)
+        self.head = dense(config.trunk_widths[-1], 1)
         # Zero: the network starts at the train mean instead of several standard deviations off it
         # (twelve residual units on a unit-variance input amplify it), which costs epochs to undo.
         nn.init.zeros_(self.head.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] raw features -> [n, 1]
-        fractions, index = torch.topk(x[:, : self.elements], self.tokens, dim=1)  # [n, k]
+        every = x[:, : self.elements]
+        if torch.onnx.is_in_onnx_export():
+            index = torch.topk(every, self.tokens, dim=1).indices  # ONNX TopK: ties to the lower index
+        else:  # torch.topk breaks ties arbitrarily (differently on a GPU); a stable sort does as ONNX
+            index = torch.argsort(every, dim=1, descending=True, stable=True)[:, : self.tokens]
+        fractions = torch.gather(every, 1, index)  # [n, k]
         encoded = torch.stack([fractions, torch.log(fractions.clamp_min(1e-6))], dim=-1)
         tokens = self.embedding(index) + tokenwise(self.fraction, encoded)  # [n, k, width]
         padding = (fractions <= 0).to(tokens.dtype)[:, None, None, :] * MASKED

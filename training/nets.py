@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "irnet", "elemnet", "attention")
+STUDENT_ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet")  # the ones StudentNet splits into heads
 
 # Trunk widths of iBRNet after its two 1024-wide branches; the baselines' 17-layer schedule.
 IBRNET_TRUNK: tuple[int, ...] = (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
@@ -51,7 +52,7 @@ class NetConfig:
     attention_width: int = 128
     attention_layers: int = 3
     attention_heads: int = 4
-    attention_tokens: int = 8
+    attention_tokens: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +99,7 @@ def float32_head(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
         return head(h if h.dtype == torch.float32 else h.float())  # no Cast node in exported graphs
 
 
-def _dense(n_in: int, n_out: int) -> nn.Linear:
+def dense(n_in: int, n_out: int) -> nn.Linear:
     layer = nn.Linear(n_in, n_out)
     nn.init.xavier_uniform_(layer.weight)  # Keras' glorot_uniform
     nn.init.zeros_(layer.bias)
@@ -110,15 +111,15 @@ class ResidualUnit(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, slope: float) -> None:
         super().__init__()
-        self.dense = _dense(n_in, n_out)
+        self.dense = dense(n_in, n_out)
         self.act = nn.LeakyReLU(slope)
-        self.skip = _dense(n_in, n_out) if n_in != n_out else nn.Identity()
+        self.skip = dense(n_in, n_out) if n_in != n_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.skip(x) + self.act(self.dense(x))
 
 
-def _units(widths: tuple[int, ...], n_in: int, slope: float) -> nn.Sequential:
+def residual_units(widths: tuple[int, ...], n_in: int, slope: float) -> nn.Sequential:
     layers = []
     for width in widths:
         layers.append(ResidualUnit(n_in, width, slope))
@@ -143,10 +144,10 @@ class IBRNet(nn.Module):
         self.norm = Standardise(config)
         slope = config.leaky_slope
         self.branches = nn.ModuleList(
-            _units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
+            residual_units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
         )
-        self.trunk = _units(config.trunk_widths, config.branch_widths[-1], slope)
-        self.head = _dense(config.trunk_widths[-1], 1)
+        self.trunk = residual_units(config.trunk_widths, config.branch_widths[-1], slope)
+        self.head = dense(config.trunk_widths[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [n, 1]
         return self.norm.outputs(
@@ -170,11 +171,12 @@ class StudentNet(nn.Module):
         slope = config.leaky_slope
         shared, tail = config.trunk_widths[: -config.head_units], config.trunk_widths[-config.head_units :]
         self.branches = nn.ModuleList(
-            _units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
+            residual_units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
         )
-        self.trunk = _units(shared, config.branch_widths[-1], slope)
+        self.trunk = residual_units(shared, config.branch_widths[-1], slope)
         self.heads = nn.ModuleList(
-            nn.Sequential(_units(tail, shared[-1], slope), _dense(tail[-1], 1)) for _ in range(config.heads)
+            nn.Sequential(residual_units(tail, shared[-1], slope), dense(tail[-1], 1))
+            for _ in range(config.heads)
         )
         self.register_buffer("member_weights", torch.full((config.heads, 1, 1), 1.0 / config.heads))
         self.register_buffer("sigma_scale", torch.tensor(1.0))
@@ -193,9 +195,9 @@ class IRNetLayer(nn.Module):
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.dense = _dense(n_in, n_out)
+        self.dense = dense(n_in, n_out)
         self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01)  # Keras: epsilon 1e-3, momentum 0.99
-        self.skip = _dense(n_in, n_out) if n_in != n_out else nn.Identity()
+        self.skip = dense(n_in, n_out) if n_in != n_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.skip(x) + torch.relu(self.bn(self.dense(x)))
@@ -212,7 +214,7 @@ class IRNet(nn.Module):
             layers.append(IRNetLayer(n_in, width))
             n_in = width
         self.body = nn.Sequential(*layers)
-        self.head = _dense(n_in, 1)
+        self.head = dense(n_in, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm.outputs(float32_head(self.head, self.body(self.norm.inputs(x))))
@@ -227,13 +229,13 @@ class ElemNet(nn.Module):
         layers: list[nn.Module] = []
         n_in = config.input_width
         for i, width in enumerate(SEVENTEEN):
-            layers += [_dense(n_in, width), nn.ReLU()]
+            layers += [dense(n_in, width), nn.ReLU()]
             last_of_group = i + 1 == len(SEVENTEEN) or SEVENTEEN[i + 1] != width
             if last_of_group and width in ELEMNET_DROPOUT:
                 layers.append(nn.Dropout(ELEMNET_DROPOUT[width]))
             n_in = width
         self.body = nn.Sequential(*layers)
-        self.head = _dense(n_in, 1)
+        self.head = dense(n_in, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm.outputs(float32_head(self.head, self.body(self.norm.inputs(x))))
@@ -272,7 +274,7 @@ def member_spread(stacked: torch.Tensor) -> torch.Tensor:
 
 def build_network(config: NetConfig) -> nn.Module:
     if config.heads > 1:
-        if config.arch not in ("ibrnet", "brnet"):
+        if config.arch not in STUDENT_ARCHITECTURES:
             raise ValueError("only iBRNet students have heads")
         return StudentNet(config)
     if config.arch in ("ibrnet", "brnet"):  # one network; BRNet differs only in its training

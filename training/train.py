@@ -29,11 +29,11 @@ import torch
 from tqdm import tqdm
 
 from app.chemistry.elements import EF_ELEMENT_SET, EF_ELEMENTS
-from app.chemistry.featurizers import get_featurizer
+from app.chemistry.featurizers import get_featurizer, leading_element_fractions
 from training import distill, plots
 from training.data import DataRequest, Dataset, describe, load_dataset
 from training.metrics import regression_metrics
-from training.nets import NetConfig, StudentNet, build_network, count_parameters
+from training.nets import STUDENT_ARCHITECTURES, NetConfig, StudentNet, build_network, count_parameters
 from training.run_config import FeatureInfo, RunConfig, RunOutcome, TrainConfig, resolve
 from training.run_dir import (
     BEST_FILE,
@@ -205,13 +205,6 @@ def write_log(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
-def leading_element_fractions(spec: str) -> int:
-    """How many of the features' first columns are element fractions: the ef block, where the spec
-    starts with it (``ef``, ``ef+pa``); 0 otherwise. The attention network reads its tokens there."""
-    first = spec.split("+")[0]
-    return get_featurizer(first).width if first == "ef" else 0
-
-
 def _check_resumable(saved: RunConfig, config: TrainConfig, request: DataRequest) -> None:
     fixed = {"arch": config.arch, "seed": config.seed}
     mismatched = [k for k, v in fixed.items() if getattr(saved.train, k) != v]
@@ -235,6 +228,15 @@ def train(
         raise SystemExit(f"ibrnet train --resume: {checkpoint_path} does not exist")
     if not resume and checkpoint_path.exists():
         raise SystemExit(f"ibrnet train: {run_dir} already holds a run; use --resume or another --out")
+    if (config.teacher or config.heads > 1) and config.arch not in STUDENT_ARCHITECTURES:
+        raise SystemExit(
+            f"ibrnet train: --teacher and --heads make an iBRNet with heads; --arch {config.arch} has none"
+        )
+    if config.arch == "attention" and not leading_element_fractions(request.features):
+        raise SystemExit(
+            f"ibrnet train --arch attention: its tokens are the ef element fractions, so --features "
+            f"must start with ef (ef, ef+pa), not {request.features}"
+        )
     if config.transfer_extra and not config.teacher:
         raise SystemExit(
             "ibrnet train: --transfer-extra needs --teacher (the teacher labels those compositions)"

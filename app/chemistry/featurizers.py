@@ -121,3 +121,9 @@ def get_featurizer(spec: str) -> BatchFeaturizer:
     except KeyError:
         raise ValueError(f"unknown feature set {spec!r}; choose one of {FEATURE_SPECS}") from None
     return factory()
+
+
+def leading_element_fractions(spec: str) -> int:
+    """How many of the first columns of ``spec``'s features are element fractions: the ef block
+    where the spec starts with it (``ef``, ``ef+pa``), else 0. The attention network's tokens."""
+    return ElementFractionFeaturizer().width if spec.split("+")[0] == "ef" else 0

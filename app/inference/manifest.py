@@ -28,7 +28,7 @@ class FeatureSpec(BaseModel):
 
 class Architecture(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str  # ibrnet | brnet | irnet | elemnet | ensemble of one of them
+    name: str  # ibrnet | brnet | irnet | elemnet | attention, or an ensemble of one of them
     parameters: int
     config: dict[str, Any] = Field(default_factory=dict)
 

@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from app.chemistry.featurizers import get_featurizer
+from app.chemistry.featurizers import get_featurizer, leading_element_fractions
 from app.chemistry.formula import parse_formula
 from app.cli import main
 from app.inference.manifest import ModelManifest
 from benchmarks.model_sets import mflop_per_formula
 from tests.training.run_helpers import train_run
 from training import onnx_model
-from training.attention_net import ElementAttentionNet
+from training.attention_net import MASKED, AttentionBlock, ElementAttentionNet
 from training.nets import NetConfig, build_network
-from training.train import leading_element_fractions
 from training.warm_start import load_member
 
 FORMULAS = ("LiFePO4", "Fe2O3", "Cu", "Ba2YCu3O7", "Li7La3Zr2O12", "NaCl", "Mn0.5Co0.25Ni0.25O")
+# More elements than the default 10 tokens, with ties at the cut: which ones are read must not
+# depend on whether PyTorch or ONNX Runtime picks them.
+CROWDED = ("HLiBeBCNOFNaMgAlSi", "BaSrCaMgZnCuNiCoFeMnO", "Ba2F1H1Mn1Na1O26Re2Si8Ti2Y1Zr1")
 
 
 def features(formulas: tuple[str, ...] = FORMULAS) -> torch.Tensor:
@@ -65,12 +67,24 @@ def test_padding_tokens_change_nothing():
         assert torch.allclose(few(x), many(x), atol=1e-5)
 
 
-def test_the_answer_does_not_depend_on_how_the_formula_is_written():
-    x = features(("LiFePO4", "O4PFeLi", "Fe2O3", "O3Fe2"))
+def test_attention_does_not_depend_on_the_order_of_the_tokens():
+    torch.manual_seed(1)
+    block = AttentionBlock(width=16, heads=4, slope=0.3).eval()
+    tokens = torch.randn(5, 7, 16)
+    padding = torch.zeros(5, 1, 1, 7)
+    padding[:, ..., 5:] = MASKED  # the last two are padding
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
     with torch.no_grad():
-        y = small_net(8)(x)
-    assert torch.allclose(y[0], y[1], atol=1e-6) and torch.allclose(y[2], y[3], atol=1e-6)
-    assert not torch.allclose(y[0], y[2], atol=1e-3)
+        shuffled = block(tokens[:, order], padding[..., order])
+        assert torch.allclose(shuffled, block(tokens, padding)[:, order], atol=1e-5)
+        assert not torch.allclose(shuffled, block(tokens, padding), atol=1e-3)
+
+
+def test_the_attention_network_is_refused_where_it_cannot_work(small_folder: Path, tmp_path: Path):
+    with pytest.raises(SystemExit, match="must start with ef"):
+        train_run(small_folder, tmp_path / "pa", "--arch", "attention", "--features", "pa", "--epochs", "1")
+    with pytest.raises(SystemExit, match="--arch attention has none"):
+        train_run(small_folder, tmp_path / "heads", "--arch", "attention", "--heads", "2", "--epochs", "1")
 
 
 def test_train_export_and_evaluate_an_attention_network(small_folder: Path, tmp_path: Path, capsys):
@@ -87,13 +101,14 @@ def test_train_export_and_evaluate_an_attention_network(small_folder: Path, tmp_
     assert main(["evaluate", str(model_dir), "--data", str(small_folder), "--split", "test", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["mae"] == pytest.approx(manifest.metrics["test"].mae, rel=1e-6)
-    predicted = onnx_model.predict(onnx_model.session(model_dir / "model.onnx"), features().numpy())
-    assert predicted.shape == (len(FORMULAS), 1) and np.isfinite(predicted).all()
+    x = features(FORMULAS + CROWDED)
+    predicted = onnx_model.predict(onnx_model.session(model_dir / "model.onnx"), x.numpy())
+    assert predicted.shape == (len(x), 1) and np.isfinite(predicted).all()
     # --init-from reads every weight back by name from the ONNX file (a 3-D Linear would be
     # exported under a new name and refused here) and starts as the exported function
     _, reloaded = load_member(model_dir, 0)
     with torch.no_grad():
-        again = reloaded.eval()(features()).numpy()
+        again = reloaded.eval()(x).numpy()
     np.testing.assert_allclose(again, predicted, atol=2e-4 * float(np.abs(predicted).max()))
     # the benchmarks' arithmetic count: every layer applied to a token counts once per token
     assert mflop_per_formula(model_dir) == pytest.approx(expected_mflop(manifest.architecture.config))
