@@ -51,7 +51,14 @@ class Teacher:
 
     @property
     def heaviest(self) -> int:
-        return int(np.argmax(self.weights))
+        """The iBRNet member with the largest weight: the student starts as it (a mixed teacher's
+        other members, e.g. attention networks, only supply targets)."""
+        ibrnets = [k for k, member in enumerate(self.members) if isinstance(member, IBRNet)]
+        if not ibrnets:
+            raise SystemExit(
+                f"ibrnet train --teacher: {self.folder} has no iBRNet member to start a student from"
+            )
+        return max(ibrnets, key=lambda k: self.weights[k])
 
 
 def load_teacher(folder: Path, dataset: Dataset) -> Teacher:
@@ -148,7 +155,7 @@ def _parse(formula: str) -> ParsedFormula | None:
 
 def student_from_teacher(teacher: Teacher, head_units: int) -> tuple[NetConfig, StudentNet]:
     """A student that starts as the teacher's heaviest member, every head a copy of its tail."""
-    base = NetConfig.from_dict(teacher.manifest.architecture.config)
+    base = NetConfig.from_dict(teacher.manifest.architecture.member_config(teacher.heaviest))
     config, student = _student_on(teacher.members[teacher.heaviest], base, len(teacher.members), head_units)
     for head in student.heads:
         head.load_state_dict(_tail(teacher.members[teacher.heaviest], config))

@@ -145,17 +145,28 @@ def load_members(
         for key in ("data", "features"):
             if getattr(config, key) != getattr(first, key):
                 raise SystemExit(f"{command}: {run_dir} was trained on different {key} than {run_dirs[0]}")
-        if config.train.arch != first.train.arch:
-            raise SystemExit(f"{command}: an ensemble's members must share one architecture")
+        if config.net.heads > 1 or first.net.heads > 1:
+            raise SystemExit(f"{command}: a student with heads is already an ensemble; export it alone")
     return configs, models
 
 
 def _architecture(configs: list[RunConfig], module: torch.nn.Module) -> Architecture:
-    net = {k: v for k, v in configs[0].net.to_dict().items() if k not in ("input_mean", "input_std")}
+    """The network's shape; an ensemble of different architectures (e.g. iBRNets and an attention
+    network: their errors differ more than seeds' do) also records each member's, so that
+    ``--init-from`` and ``--teacher`` rebuild every member from the file."""
+    nets = [_net_record(config) for config in configs]
+    arches = list(dict.fromkeys(config.train.arch for config in configs))
+    mixed = len(arches) > 1
+    return Architecture(name="+".join(arches), parameters=count_parameters(module), config=nets[0],
+                        members=nets if mixed else None)  # fmt: skip
+
+
+def _net_record(config: RunConfig) -> dict[str, Any]:
+    net = {k: v for k, v in config.net.to_dict().items() if k not in ("input_mean", "input_std")}
     net["input_standardisation"] = (
         "train-split mean/std baked into the model (identity on elemental fractions)"
     )
-    return Architecture(name=configs[0].train.arch, parameters=count_parameters(module), config=net)
+    return net
 
 
 def _training(configs: list[RunConfig], export_command: str) -> TrainingInfo:
@@ -262,7 +273,8 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         k: v for k, v in first.dataset.items() if k not in ("property", "unit", "description", "citations")
     }
     features = first.features
-    citations = [*first.dataset["citations"], ARCHITECTURE_CITATIONS[first.train.arch]]
+    arches = dict.fromkeys(config.train.arch for config in configs)
+    citations = [*first.dataset["citations"], *(ARCHITECTURE_CITATIONS[arch] for arch in arches)]
     if "pa" in features.spec:
         citations.append(PA_CITATION)
     teacher = first.train.teacher
@@ -276,7 +288,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         name=name or out_dir.resolve().name,
         property=first.dataset["property"],
         unit=first.dataset["unit"],
-        description=f"{first.train.arch} ({features.spec} features{shape}): {first.dataset['description']}",
+        description=f"{'+'.join(arches)} ({features.spec} features{shape}): {first.dataset['description']}",
         features=FeatureSpec(
             spec=features.spec, version=features.version, width=features.width, elements=features.elements
         ),

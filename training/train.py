@@ -522,12 +522,13 @@ def warm_start(config: TrainConfig, features: str) -> tuple[NetConfig, torch.nn.
 
     folder, member = parse_source(config.init_from or "")
     source = ModelManifest.load(folder)
-    if source.features.spec != features or source.architecture.config.get("arch") != config.arch:
+    net, network = load_member(folder, member)
+    if source.features.spec != features or net.arch != config.arch:
         raise SystemExit(
-            f"ibrnet train --init-from: {folder} is {source.architecture.config.get('arch')} on "
-            f"{source.features.spec}; this run is {config.arch} on {features}"
+            f"ibrnet train --init-from: {folder}#{member} is {net.arch} on {source.features.spec}; "
+            f"this run is {config.arch} on {features}"
         )
-    return load_member(folder, member)
+    return net, network
 
 
 def config_from_args(

@@ -36,10 +36,11 @@ def parse_source(text: str) -> tuple[Path, int]:
 def load_member(model_dir: Path, member: int) -> tuple[NetConfig, torch.nn.Module]:
     """The source's network (member ``member`` of an ensemble) with its weights, float32."""
     manifest = ModelManifest.load(model_dir)
-    config = NetConfig.from_dict(manifest.architecture.config)
-    separate_members = manifest.output.kind == "ensemble" and config.heads <= 1  # a student is one network
+    first = NetConfig.from_dict(manifest.architecture.config)
+    separate_members = manifest.output.kind == "ensemble" and first.heads <= 1  # a student is one network
     if separate_members and not 0 <= member < manifest.output.members:
         raise SystemExit(f"ibrnet train --init-from: {model_dir} has members 0-{manifest.output.members - 1}")
+    config = NetConfig.from_dict(manifest.architecture.member_config(member)) if separate_members else first
     prefix = f"members.{member}." if separate_members else ""
     # Keep the ModelProto alive while reading: a sub-message of a freed proto is not valid.
     source = onnx.load(str(model_dir / ONNX_FILE))
@@ -50,7 +51,11 @@ def load_member(model_dir: Path, member: int) -> tuple[NetConfig, torch.nn.Modul
         own = f"{prefix}{name}"
         # The exporter keeps one copy of tensors identical across members (the members share the
         # train split's input statistics), under the first member's name.
-        shared = [key for key in tensors if key.startswith("members.") and key.split(".", 2)[2] == name]
+        shape = network.state_dict()[name].shape
+        shared = [
+            key for key in tensors
+            if key.startswith("members.") and key.split(".", 2)[2] == name and tensors[key].shape == shape
+        ]  # fmt: skip
         if own in tensors:
             state[name] = tensors[own]
         elif shared:

@@ -28,9 +28,14 @@ class FeatureSpec(BaseModel):
 
 class Architecture(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str  # ibrnet | brnet | irnet | elemnet | attention, or an ensemble of one of them
+    name: str  # ibrnet | brnet | irnet | elemnet | attention, or "ibrnet+attention" for a mixed ensemble
     parameters: int
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)  # the (first) member's network
+    members: list[dict[str, Any]] | None = None  # each member's network, where they differ
+
+    def member_config(self, member: int) -> dict[str, Any]:
+        """Member ``member``'s network configuration (every member's is ``config`` unless mixed)."""
+        return self.members[member] if self.members else self.config
 
 
 class IntervalCalibration(BaseModel):
