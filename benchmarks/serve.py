@@ -158,14 +158,19 @@ def naive_torch_throughput(models_dir: Path, formulas: list[str]) -> float:
     batches of one here (two threads on two shared cores spin against each other, 50x slower)."""
     import torch
 
-    from training.nets import Ensemble, IBRNet, NetConfig
+    from training.nets import Ensemble, IBRNet, NetConfig, build_network
 
     torch.set_num_threads(1)
     (manifest_path,) = models_dir.glob(f"*/{MANIFEST_FILE}")
     manifest = ModelManifest.load(manifest_path.parent)
     features = manifest.features
     # same architecture, input width, member count and featurizer: the served model's cost
-    members = [IBRNet(NetConfig(input_width=features.width)) for _ in range(manifest.output.members)]
+    records = manifest.architecture.members  # each member's network where they differ
+    members = (
+        [build_network(NetConfig.from_dict(record)) for record in records]
+        if records
+        else [IBRNet(NetConfig(input_width=features.width)) for _ in range(manifest.output.members)]
+    )
     network = (members[0] if len(members) == 1 else Ensemble(members)).eval()
     featurizer = get_featurizer(features.spec)
     with torch.inference_mode():

@@ -1,9 +1,10 @@
 """Distillation (``ibrnet train --teacher MODEL_DIR``): one network with the ensemble's accuracy.
 
 The student (nets.StudentNet) is one iBRNet whose last residual units are repeated as heads, one
-per teacher member. It starts as the teacher's heaviest member (every head a copy of that member's
-tail) and learns, on the transfer set, to reproduce each member's output with its own head while
-the heads' weighted mean also matches the true target:
+per teacher member. It starts as the teacher's heaviest iBRNet member (every head a copy of that
+member's tail; a mixed teacher's attention members only supply targets) and learns, on the
+transfer set, to reproduce each member's output with its own head while the heads' weighted mean
+also matches the true target:
 
     loss = mean over heads k of |head_k - member_k|  +  |spread(heads) - spread(members)|
            +  |sum_k w_k head_k - y|
@@ -154,7 +155,7 @@ def _parse(formula: str) -> ParsedFormula | None:
 
 
 def student_from_teacher(teacher: Teacher, head_units: int) -> tuple[NetConfig, StudentNet]:
-    """A student that starts as the teacher's heaviest member, every head a copy of its tail."""
+    """A student that starts as the teacher's heaviest iBRNet member, every head a copy of its tail."""
     base = NetConfig.from_dict(teacher.manifest.architecture.member_config(teacher.heaviest))
     config, student = _student_on(teacher.members[teacher.heaviest], base, len(teacher.members), head_units)
     for head in student.heads:

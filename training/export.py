@@ -134,7 +134,8 @@ def score(
 def load_members(
     run_dirs: list[Path], command: str = "ibrnet export"
 ) -> tuple[list[RunConfig], list[torch.nn.Module]]:
-    """Each run's config and best-epoch network; refused unless they share data, features and arch."""
+    """Each run's config and best-epoch network; refused unless they share data and features (their
+    architectures may differ), and a student with heads only alone."""
     configs, models = [], []
     for run_dir in run_dirs:
         config, model = load_best_model(run_dir)
@@ -145,8 +146,10 @@ def load_members(
         for key in ("data", "features"):
             if getattr(config, key) != getattr(first, key):
                 raise SystemExit(f"{command}: {run_dir} was trained on different {key} than {run_dirs[0]}")
-        if config.net.heads > 1 or first.net.heads > 1:
-            raise SystemExit(f"{command}: a student with heads is already an ensemble; export it alone")
+        for member, member_config in ((run_dirs[0], first), (run_dir, config)):
+            if member_config.net.heads > 1:
+                raise SystemExit(f"{command}: {member} is a student with heads, already an ensemble of "
+                                 "its own; it cannot be one member of another")  # fmt: skip
     return configs, models
 
 
@@ -155,10 +158,10 @@ def _architecture(configs: list[RunConfig], module: torch.nn.Module) -> Architec
     network: their errors differ more than seeds' do) also records each member's, so that
     ``--init-from`` and ``--teacher`` rebuild every member from the file."""
     nets = [_net_record(config) for config in configs]
-    arches = list(dict.fromkeys(config.train.arch for config in configs))
-    mixed = len(arches) > 1
+    arches = dict.fromkeys(config.train.arch for config in configs)
+    differ = any(net != nets[0] for net in nets)
     return Architecture(name="+".join(arches), parameters=count_parameters(module), config=nets[0],
-                        members=nets if mixed else None)  # fmt: skip
+                        members=nets if differ else None)  # fmt: skip
 
 
 def _net_record(config: RunConfig) -> dict[str, Any]:
@@ -172,7 +175,8 @@ def _net_record(config: RunConfig) -> dict[str, Any]:
 def _training(configs: list[RunConfig], export_command: str) -> TrainingInfo:
     first, result = configs[0], configs[0].result
     members = [
-        {"seed": c.train.seed, "command": c.command, "hardware": c.hardware, "precision": c.train.precision,
+        {"arch": c.train.arch, "seed": c.train.seed, "command": c.command, "hardware": c.hardware,
+         "precision": c.train.precision,
          **(asdict(c.result) if c.result else {})}
         for c in configs
     ]  # fmt: skip

@@ -516,17 +516,21 @@ def train(
 
 
 def warm_start(config: TrainConfig, features: str) -> tuple[NetConfig, torch.nn.Module]:
-    """The --init-from network; it must read the same features and be the same architecture."""
+    """The --init-from network (an ensemble's member K); it must read the same features and be this
+    run's architecture."""
     from app.inference.manifest import ModelManifest
     from training.warm_start import load_member, parse_source
 
     folder, member = parse_source(config.init_from or "")
     source = ModelManifest.load(folder)
-    net, network = load_member(folder, member)
-    if source.features.spec != features or net.arch != config.arch:
+    if source.features.spec != features:
         raise SystemExit(
-            f"ibrnet train --init-from: {folder}#{member} is {net.arch} on {source.features.spec}; "
-            f"this run is {config.arch} on {features}"
+            f"ibrnet train --init-from: {folder} reads {source.features.spec}; this run {features}"
+        )
+    net, network = load_member(folder, member)
+    if net.arch != config.arch:
+        raise SystemExit(
+            f"ibrnet train --init-from: {folder}#{member} is {net.arch}; this run is {config.arch}"
         )
     return net, network
 

@@ -45,21 +45,17 @@ def load_member(model_dir: Path, member: int) -> tuple[NetConfig, torch.nn.Modul
     # Keep the ModelProto alive while reading: a sub-message of a freed proto is not valid.
     source = onnx.load(str(model_dir / ONNX_FILE))
     tensors = {tensor.name.removesuffix(FP16_SUFFIX): _float32(tensor) for tensor in source.graph.initializer}
+    # The exporter keeps one copy of equal tensors (members share the train split's statistics):
+    # a dropped one is an Identity node's output, read from the copy kept, whichever member's it is.
+    aliases = {node.output[0]: node.input[0] for node in source.graph.node if node.op_type == "Identity"}
     network = build_network(config)
     state = {}
     for name in network.state_dict():
-        own = f"{prefix}{name}"
-        # The exporter keeps one copy of tensors identical across members (the members share the
-        # train split's input statistics), under the first member's name.
-        shape = network.state_dict()[name].shape
-        shared = [
-            key for key in tensors
-            if key.startswith("members.") and key.split(".", 2)[2] == name and tensors[key].shape == shape
-        ]  # fmt: skip
-        if own in tensors:
-            state[name] = tensors[own]
-        elif shared:
-            state[name] = tensors[shared[0]]
+        key = f"{prefix}{name}"
+        while key not in tensors and key in aliases:
+            key = aliases[key]
+        if key in tensors:
+            state[name] = tensors[key]
     missing = [name for name in network.state_dict() if name not in state]
     if missing:
         raise SystemExit(f"ibrnet train --init-from: {model_dir} lacks weights {missing[:5]}")

@@ -170,6 +170,14 @@ class ModelManifest(BaseModel):
     # models behind e_above_hull (formation_energy_mp): p_stable's calibration; None: Gaussian
     stability: StabilityCalibration | None = None
 
+    @model_validator(mode="after")
+    def _one_network_record_per_member(self) -> ModelManifest:
+        records = self.architecture.members
+        if records is not None and len(records) != self.output.members:
+            raise ValueError(f"architecture.members lists {len(records)} networks; output has "
+                             f"{self.output.members} members")  # fmt: skip
+        return self
+
     @property
     def version(self) -> str:
         return version_from_sha256(self.onnx_sha256)

@@ -4,6 +4,8 @@ a teacher whose student starts from an iBRNet member."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,10 @@ from training.warm_start import load_member
 
 @pytest.fixture(scope="module")
 def attention_run(ensemble_folder: Path) -> Path:
+    """Without target scaling, so that its target shift differs from the iBRNets' (which share one)."""
     run = ensemble_folder.parent / "attention-member"
-    assert train_run(ensemble_folder, run, "--arch", "attention", "--epochs", "2", "--batch-size", "100") == 0
+    args = ("--arch", "attention", "--epochs", "2", "--batch-size", "100", "--no-target-scaling")
+    assert train_run(ensemble_folder, run, *args) == 0
     return run
 
 
@@ -68,7 +72,7 @@ def test_every_member_is_read_back_from_the_file_with_its_own_architecture(mixed
 
 def test_init_from_a_member_must_match_its_architecture(mixed, ensemble_folder, tmp_path):
     folder, _ = mixed
-    with pytest.raises(SystemExit, match=r"#0 is attention on ef; this run is ibrnet"):
+    with pytest.raises(SystemExit, match=r"#0 is attention; this run is ibrnet"):
         train_run(ensemble_folder, tmp_path / "wrong", "--init-from", f"{folder}#0", "--epochs", "1")
     run = tmp_path / "fine-tuned"
     assert (
@@ -81,12 +85,16 @@ def test_a_mixed_teachers_student_starts_from_its_heaviest_ibrnet(mixed, ensembl
     folder, _ = mixed
     dataset = load_dataset(DataRequest(str(ensemble_folder)))
     teacher = distill.load_teacher(folder, dataset)
-    assert teacher.weights == pytest.approx([1 / 3] * 3)  # equal: the first iBRNet, not member 0
-    assert teacher.heaviest == 1
+    # the attention member (0) weighs most, then the second iBRNet: the student starts from that one
+    teacher = replace(teacher, weights=[0.5, 0.2, 0.3])
+    assert teacher.heaviest == 2
     _, student = distill.student_from_teacher(teacher, head_units=3)
     x = torch.from_numpy(dataset.splits["val"].x)
     with torch.no_grad():
-        torch.testing.assert_close(student.eval()(x)[:, 0], teacher.members[1](x)[:, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(student.eval()(x)[:, 0], teacher.members[2](x)[:, 0], atol=1e-5, rtol=0)
+    assert replace(teacher, weights=[0.5, 0.3, 0.2]).heaviest == 1
+    with pytest.raises(SystemExit, match="no iBRNet member"):
+        _ = replace(teacher, members=teacher.members[:1], weights=[1.0]).heaviest
 
 
 def test_a_student_is_not_an_ensemble_member(ensemble_members, ensemble_folder, tmp_path):
@@ -95,5 +103,26 @@ def test_a_student_is_not_an_ensemble_member(ensemble_members, ensemble_folder, 
     student = tmp_path / "student"
     args = ["--teacher", str(teacher), "--epochs", "1", "--batch-size", "100", "--lr", "1e-4"]
     assert train_run(ensemble_folder, student, *args) == 0
-    with pytest.raises(SystemExit, match="already an ensemble"):
+    with pytest.raises(SystemExit, match=f"{student} is a student with heads"):
         main(["export", str(student), str(ensemble_members[0]), "--out", str(tmp_path / "refused")])
+
+
+def test_a_member_sharing_a_tensor_with_another_reads_the_one_it_uses(mixed):
+    # Equal tensors are stored once and the others point at that copy: a member whose copy was
+    # dropped must read the one it points at, not a same-named tensor of some other member.
+    # Here member 2's target shift is stored once with member 1's; member 0 (attention) has its own.
+    folder, _ = mixed
+    manifest = ModelManifest.load(folder)
+    shifts = [record["target_shift"] for record in manifest.architecture.members or []]
+    assert shifts[0] == 0.0 and shifts[1] == shifts[2] != 0.0
+    for member in (1, 2):
+        config, network = load_member(folder, member)
+        assert float(network.norm.shift) == pytest.approx(config.target_shift)
+
+
+def test_a_manifest_whose_member_records_do_not_match_its_members_is_refused(mixed):
+    folder, _ = mixed
+    record = json.loads((folder / "model.json").read_text())
+    record["architecture"]["members"].pop()
+    with pytest.raises(ValueError, match="lists 2 networks; output has 3 members"):
+        ModelManifest.model_validate(record)
