@@ -18,11 +18,20 @@ ONNX Runtime alike.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from training.nets import NetConfig, Standardise, dense, float32_head, residual_units
+from training.nets import (
+    HeadedNet,
+    NetConfig,
+    Standardise,
+    dense,
+    float32_head,
+    residual_units,
+    shared_trunk_widths,
+)
 
 MASKED = -1e4  # added to a padded token's attention score: exp() of it is 0 in float16 and bfloat16 too
 
@@ -90,6 +99,10 @@ class ElementAttentionNet(nn.Module):
         nn.init.zeros_(self.head.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] raw features -> [n, 1]
+        return self.norm.outputs(float32_head(self.head, self.trunk(self.encode(x))))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the trunk reads: the pooled element tokens and the standardised attributes."""
         every = x[:, : self.elements]
         if torch.onnx.is_in_onnx_export():
             index = torch.topk(every, self.tokens, dim=1).indices  # ONNX TopK: ties to the lower index
@@ -103,4 +116,19 @@ class ElementAttentionNet(nn.Module):
             tokens = block(tokens, padding)
         pooled = (self.pooled_norm(tokens) * fractions.unsqueeze(-1)).sum(dim=1)  # padding weighs 0
         attributes = self.norm.inputs(x)[:, self.elements :]
-        return self.norm.outputs(float32_head(self.head, self.trunk(torch.cat([pooled, attributes], dim=1))))
+        return torch.cat([pooled, attributes], dim=1)
+
+
+class AttentionStudentNet(HeadedNet, ElementAttentionNet):
+    """The attention network with heads (nets.HeadedNet): the tokens, attention blocks and first
+    trunk units are shared; its parameters keep the single network's names, so a student starts
+    from an attention member by name."""
+
+    def __init__(self, config: NetConfig) -> None:
+        shared = shared_trunk_widths(config)
+        ElementAttentionNet.__init__(self, replace(config, trunk_widths=shared, heads=1))
+        del self.head  # each head has its own output layer
+        self.grow_heads(config, shared[-1])
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.encode(x))

@@ -1,10 +1,10 @@
 """Distillation (``ibrnet train --teacher MODEL_DIR``): one network with the ensemble's accuracy.
 
-The student (nets.StudentNet) is one iBRNet whose last residual units are repeated as heads, one
-per teacher member. It starts as the teacher's heaviest iBRNet member (every head a copy of that
-member's tail; a mixed teacher's attention members only supply targets) and learns, on the
-transfer set, to reproduce each member's output with its own head while the heads' weighted mean
-also matches the true target:
+The student (nets.HeadedNet) is one network, an iBRNet or with ``--arch attention`` an attention
+network, whose last residual units are repeated as heads, one per teacher member. It starts as the
+teacher's heaviest member of its architecture (every head a copy of that member's tail; a mixed
+teacher's other members only supply targets) and learns, on the transfer set, to reproduce each
+member's output with its own head while the heads' weighted mean also matches the true target:
 
     loss = mean over heads k of |head_k - member_k|  +  |spread(heads) - spread(members)|
            +  |sum_k w_k head_k - y|
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from app.chemistry.featurizers import Featurizer
 from app.chemistry.formula import FormulaError, ParsedFormula, parse_formula
 from app.inference.manifest import ModelManifest
+from training.attention_net import ElementAttentionNet
 from training.data import Dataset, Split, composition_key
-from training.nets import IBRNet, NetConfig, StudentNet
+from training.nets import STUDENT_ARCHITECTURES, HeadedNet, IBRNet, NetConfig, build_network
 from training.warm_start import load_member
 
 EVALUATION_SPLITS = ("val", "test")
@@ -50,16 +51,26 @@ class Teacher:
     members: list[torch.nn.Module]
     weights: list[float]  # each member's weight in the teacher's served mean
 
-    @property
-    def heaviest(self) -> int:
-        """The iBRNet member with the largest weight: the student starts as it (a mixed teacher's
-        other members, e.g. attention networks, only supply targets)."""
-        ibrnets = [k for k, member in enumerate(self.members) if isinstance(member, IBRNet)]
-        if not ibrnets:
+    def heaviest(self, arch: str = "ibrnet") -> int:
+        """The member of the student's architecture with the largest weight: the student starts as
+        it (a mixed teacher's other members only supply targets)."""
+        same = [k for k, member in enumerate(self.members) if _arch_of(member) == _arch_of_name(arch)]
+        if not same:
             raise SystemExit(
-                f"ibrnet train --teacher: {self.folder} has no iBRNet member to start a student from"
+                f"ibrnet train --teacher: {self.folder} has no {arch} member to start a student from"
             )
-        return max(ibrnets, key=lambda k: self.weights[k])
+        return max(same, key=lambda k: self.weights[k])
+
+
+def _arch_of(network: torch.nn.Module) -> str:
+    """The family a network's weights can start a student of (BRNet is an iBRNet)."""
+    if isinstance(network, ElementAttentionNet):
+        return "attention"
+    return "ibrnet" if isinstance(network, IBRNet) else ""
+
+
+def _arch_of_name(arch: str) -> str:
+    return "ibrnet" if arch == "brnet" else arch
 
 
 def load_teacher(folder: Path, dataset: Dataset) -> Teacher:
@@ -154,19 +165,22 @@ def _parse(formula: str) -> ParsedFormula | None:
         return None
 
 
-def student_from_teacher(teacher: Teacher, head_units: int) -> tuple[NetConfig, StudentNet]:
-    """A student that starts as the teacher's heaviest iBRNet member, every head a copy of its tail."""
-    base = NetConfig.from_dict(teacher.manifest.architecture.member_config(teacher.heaviest))
-    config, student = _student_on(teacher.members[teacher.heaviest], base, len(teacher.members), head_units)
+def student_from_teacher(
+    teacher: Teacher, head_units: int, arch: str = "ibrnet"
+) -> tuple[NetConfig, HeadedNet]:
+    """A student that starts as the teacher's heaviest member of ``arch``, every head a copy of its tail."""
+    start = teacher.heaviest(arch)
+    base = NetConfig.from_dict(teacher.manifest.architecture.member_config(start))
+    config, student = _student_on(teacher.members[start], base, len(teacher.members), head_units)
     for head in student.heads:
-        head.load_state_dict(_tail(teacher.members[teacher.heaviest], config))
+        head.load_state_dict(_tail(teacher.members[start], config))
     student.member_weights.copy_(torch.tensor(teacher.weights, dtype=torch.float32).view(-1, 1, 1))
     return config, student
 
 
 def heads_on_network(
     source: torch.nn.Module, config: NetConfig, heads: int, head_units: int, seed: int = 0
-) -> tuple[NetConfig, StudentNet]:
+) -> tuple[NetConfig, HeadedNet]:
     """Without a teacher (a property served by one network): the source's branches and trunk, and
     ``heads`` copies of its tail, each nudged by 1% noise and trained on its own bootstrap weighting
     of the rows (IndependentHeadsObjective), so that they part where the data says little: their
@@ -186,19 +200,24 @@ def heads_on_network(
 
 def _student_on(
     source: torch.nn.Module, base: NetConfig, heads: int, head_units: int
-) -> tuple[NetConfig, StudentNet]:
-    if not isinstance(source, IBRNet):
-        raise SystemExit("ibrnet train: heads are grown on an iBRNet only")
+) -> tuple[NetConfig, HeadedNet]:
+    """A network with heads holding every weight of ``source`` before its tail (same names)."""
+    if not _arch_of(source):
+        raise SystemExit(f"ibrnet train: heads are grown on {', '.join(STUDENT_ARCHITECTURES)} networks only")
     config = replace(base, heads=heads, head_units=head_units)
-    student = StudentNet(config)
+    student = build_network(config)
+    assert isinstance(student, HeadedNet)
     shared = len(config.trunk_widths) - head_units
-    student.norm.load_state_dict(source.norm.state_dict())
-    student.branches.load_state_dict(source.branches.state_dict())
-    student.trunk.load_state_dict(source.trunk[:shared].state_dict())
+    tail = (*(f"trunk.{unit}." for unit in range(shared, len(config.trunk_widths))), "head.")
+    state = {name: value for name, value in source.state_dict().items() if not name.startswith(tail)}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    own = ("heads.", "member_weights", "sigma_scale")  # what the source has no counterpart for
+    if unexpected or any(not name.startswith(own) for name in missing):
+        raise RuntimeError(f"a student does not fit its source: {unexpected[:3]} {missing[:3]}")
     return config, student
 
 
-def _tail(source: IBRNet, config: NetConfig) -> dict[str, torch.Tensor]:
+def _tail(source: torch.nn.Module, config: NetConfig) -> dict[str, torch.Tensor]:
     """The source's last ``head_units`` units and output layer, named as one student head."""
     shared = len(config.trunk_widths) - config.head_units
     state = {}

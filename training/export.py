@@ -42,7 +42,7 @@ from training import calibration, fp16, intervals, onnx_model, row_int8, stabili
 from training.data import Dataset, load_dataset
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
-from training.nets import Ensemble, StudentNet, combine, count_parameters
+from training.nets import Ensemble, HeadedNet, combine, count_parameters
 from training.run_config import RunConfig, TrainConfig
 from training.run_dir import load_best_model
 from training.train import command_line, predict
@@ -244,11 +244,11 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     fit_weights = member_weights == "fitted"
     if len(models) > 1:
         module: torch.nn.Module = calibrated_ensemble(models, dataset, fit_weights=fit_weights)
-    elif isinstance(models[0], StudentNet):
+    elif isinstance(models[0], HeadedNet):
         module = calibrated_student(models[0], dataset)
     else:
         module = models[0]
-    with_sigma = isinstance(module, Ensemble | StudentNet)
+    with_sigma = isinstance(module, Ensemble | HeadedNet)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
     write_onnx(module, first.features.width, onnx_path)
@@ -352,7 +352,7 @@ def calibrated_ensemble(
     return scale_sigma(ensemble, stacked, val.y)
 
 
-def calibrated_student(student: StudentNet, dataset: Dataset) -> StudentNet:
+def calibrated_student(student: HeadedNet, dataset: Dataset) -> HeadedNet:
     """A distilled student whose heads' spread is scaled to one validation sigma (its mean weights are
     the teacher's, fixed in training)."""
     val = dataset.splits["val"]
@@ -362,7 +362,7 @@ def calibrated_student(student: StudentNet, dataset: Dataset) -> StudentNet:
     return scale_sigma(student, stacked, val.y)
 
 
-def scale_sigma(module: Ensemble | StudentNet, stacked: torch.Tensor, target: np.ndarray) -> Any:
+def scale_sigma(module: Ensemble | HeadedNet, stacked: torch.Tensor, target: np.ndarray) -> Any:
     """Set ``module.sigma_scale`` so that 68.3% of validation rows lie within one served sigma."""
     module.sigma_scale.fill_(1.0)
     with torch.no_grad():

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "irnet", "elemnet", "attention")
-STUDENT_ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet")  # the ones StudentNet splits into heads
+# the ones split into heads (a distilled student, or heads grown on one network): HeadedNet
+STUDENT_ARCHITECTURES: tuple[str, ...] = ("ibrnet", "brnet", "attention")
 
 # Trunk widths of iBRNet after its two 1024-wide branches; the baselines' 17-layer schedule.
 IBRNET_TRUNK: tuple[int, ...] = (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
@@ -155,39 +156,60 @@ class IBRNet(nn.Module):
         )
 
 
-class StudentNet(nn.Module):
-    """One iBRNet whose tail is split into heads: the branches and the first trunk units are shared,
-    each head is the last ``head_units`` units plus an output layer. Trained to match one teacher
-    member each, the heads keep the members' disagreement at the cost of one network.
+class HeadedNet(nn.Module):
+    """A network whose tail is split into heads: everything up to the trunk's last ``head_units``
+    residual units is shared (``shared``), each head is those units plus an output layer. Trained
+    to match one teacher member each (or each on its own bootstrap of the rows), the heads keep the
+    members' disagreement at the cost of one network.
 
     ``forward`` serves what an Ensemble serves, y [n, 2] = the heads' weighted mean and their spread
     times ``sigma_scale``; ``each_head`` gives the heads' outputs [k, n, 1] for training."""
 
-    def __init__(self, config: NetConfig) -> None:
-        super().__init__()
-        if not 0 < config.head_units < len(config.trunk_widths):
-            raise ValueError(f"head_units must be between 1 and {len(config.trunk_widths) - 1}")
-        self.norm = Standardise(config)
-        slope = config.leaky_slope
-        shared, tail = config.trunk_widths[: -config.head_units], config.trunk_widths[-config.head_units :]
-        self.branches = nn.ModuleList(
-            residual_units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
-        )
-        self.trunk = residual_units(shared, config.branch_widths[-1], slope)
+    norm: Standardise
+
+    def grow_heads(self, config: NetConfig, n_in: int) -> None:
+        tail, slope = config.trunk_widths[-config.head_units :], config.leaky_slope
         self.heads = nn.ModuleList(
-            nn.Sequential(residual_units(tail, shared[-1], slope), dense(tail[-1], 1))
-            for _ in range(config.heads)
+            nn.Sequential(residual_units(tail, n_in, slope), dense(tail[-1], 1)) for _ in range(config.heads)
         )
         self.register_buffer("member_weights", torch.full((config.heads, 1, 1), 1.0 / config.heads))
         self.register_buffer("sigma_scale", torch.tensor(1.0))
 
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def each_head(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] -> [k, n, 1], in the target's unit
-        shared = self.trunk(merged_branches(self.branches, x, self.norm))
+        shared = self.shared(x)
         outputs = [self.norm.outputs(float32_head(head[1], head[0](shared))) for head in self.heads]
         return torch.stack(outputs, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return combine(self.each_head(x), self.member_weights, self.sigma_scale)
+
+
+def shared_trunk_widths(config: NetConfig) -> tuple[int, ...]:
+    """The trunk units before the heads; refused unless at least one is left on each side."""
+    if not 0 < config.head_units < len(config.trunk_widths):
+        raise ValueError(f"head_units must be between 1 and {len(config.trunk_widths) - 1}")
+    return config.trunk_widths[: -config.head_units]
+
+
+class StudentNet(HeadedNet):
+    """iBRNet with heads: the branches and the first trunk units are shared."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        shared = shared_trunk_widths(config)
+        self.norm = Standardise(config)
+        slope = config.leaky_slope
+        self.branches = nn.ModuleList(
+            residual_units(config.branch_widths, config.input_width, slope) for _ in range(config.branches)
+        )
+        self.trunk = residual_units(shared, config.branch_widths[-1], slope)
+        self.grow_heads(config, shared[-1])
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(merged_branches(self.branches, x, self.norm))
 
 
 class IRNetLayer(nn.Module):
@@ -275,7 +297,11 @@ def member_spread(stacked: torch.Tensor) -> torch.Tensor:
 def build_network(config: NetConfig) -> nn.Module:
     if config.heads > 1:
         if config.arch not in STUDENT_ARCHITECTURES:
-            raise ValueError("only iBRNet students have heads")
+            raise ValueError(f"only {', '.join(STUDENT_ARCHITECTURES)} networks have heads")
+        if config.arch == "attention":
+            from training.attention_net import AttentionStudentNet
+
+            return AttentionStudentNet(config)
         return StudentNet(config)
     if config.arch in ("ibrnet", "brnet"):  # one network; BRNet differs only in its training
         return IBRNet(config)

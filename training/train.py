@@ -33,7 +33,7 @@ from app.chemistry.featurizers import get_featurizer, leading_element_fractions
 from training import distill, plots
 from training.data import DataRequest, Dataset, describe, load_dataset
 from training.metrics import regression_metrics
-from training.nets import STUDENT_ARCHITECTURES, NetConfig, StudentNet, build_network, count_parameters
+from training.nets import STUDENT_ARCHITECTURES, HeadedNet, NetConfig, build_network, count_parameters
 from training.run_config import FeatureInfo, RunConfig, RunOutcome, TrainConfig, resolve
 from training.run_dir import (
     BEST_FILE,
@@ -230,7 +230,8 @@ def train(
         raise SystemExit(f"ibrnet train: {run_dir} already holds a run; use --resume or another --out")
     if (config.teacher or config.heads > 1) and config.arch not in STUDENT_ARCHITECTURES:
         raise SystemExit(
-            f"ibrnet train: --teacher and --heads make an iBRNet with heads; --arch {config.arch} has none"
+            "ibrnet train: --teacher and --heads make a network with heads "
+            f"({', '.join(STUDENT_ARCHITECTURES)}); --arch {config.arch} has none"
         )
     if config.arch == "attention" and not leading_element_fractions(request.features):
         raise SystemExit(
@@ -281,7 +282,7 @@ def train(
                     "ibrnet train --init-from: a student with a head per teacher member is needed"
                 )
         else:
-            net_config, model = distill.student_from_teacher(teacher, config.head_units)
+            net_config, model = distill.student_from_teacher(teacher, config.head_units, config.arch)
         model = model.to(device)
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)
@@ -303,7 +304,7 @@ def train(
     if teacher is not None:
         targets = distill.teacher_outputs(teacher, x_train)
         objective: Any = distill.DistillationObjective(targets, config.spread_weight)
-    elif isinstance(model, StudentNet):
+    elif isinstance(model, HeadedNet):
         objective = distill.IndependentHeadsObjective(len(y_train), net_config.heads, config.seed, device)
     else:
         objective = distill.TargetObjective()

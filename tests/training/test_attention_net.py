@@ -83,8 +83,8 @@ def test_attention_does_not_depend_on_the_order_of_the_tokens():
 def test_the_attention_network_is_refused_where_it_cannot_work(small_folder: Path, tmp_path: Path):
     with pytest.raises(SystemExit, match="must start with ef"):
         train_run(small_folder, tmp_path / "pa", "--arch", "attention", "--features", "pa", "--epochs", "1")
-    with pytest.raises(SystemExit, match="--arch attention has none"):
-        train_run(small_folder, tmp_path / "heads", "--arch", "attention", "--heads", "2", "--epochs", "1")
+    with pytest.raises(SystemExit, match="--arch irnet has none"):
+        train_run(small_folder, tmp_path / "heads", "--arch", "irnet", "--heads", "2", "--epochs", "1")
 
 
 def test_train_export_and_evaluate_an_attention_network(small_folder: Path, tmp_path: Path, capsys):

@@ -54,7 +54,7 @@ def student(student_run: Path, ensemble_folder: Path) -> Path:
 def test_the_student_starts_as_the_teachers_heaviest_member(teacher, ensemble_folder):
     dataset = load_dataset(DataRequest(str(ensemble_folder)))
     loaded = distill.load_teacher(teacher, dataset)
-    heaviest = loaded.heaviest
+    heaviest = loaded.heaviest()
     assert loaded.weights[heaviest] == max(loaded.weights)
     _, net = distill.student_from_teacher(loaded, head_units=3)
     x = torch.from_numpy(dataset.splits["val"].x)

@@ -16,7 +16,7 @@ from app.cli import main
 from app.inference.manifest import ONNX_FILE, ModelManifest
 from tests.training.run_helpers import train_run
 from training import distill, onnx_model
-from training.attention_net import ElementAttentionNet
+from training.attention_net import AttentionStudentNet, ElementAttentionNet
 from training.data import DataRequest, load_dataset
 from training.nets import IBRNet
 from training.run_dir import load_best_model
@@ -87,14 +87,14 @@ def test_a_mixed_teachers_student_starts_from_its_heaviest_ibrnet(mixed, ensembl
     teacher = distill.load_teacher(folder, dataset)
     # the attention member (0) weighs most, then the second iBRNet: the student starts from that one
     teacher = replace(teacher, weights=[0.5, 0.2, 0.3])
-    assert teacher.heaviest == 2
+    assert teacher.heaviest() == 2
     _, student = distill.student_from_teacher(teacher, head_units=3)
     x = torch.from_numpy(dataset.splits["val"].x)
     with torch.no_grad():
         torch.testing.assert_close(student.eval()(x)[:, 0], teacher.members[2](x)[:, 0], atol=1e-5, rtol=0)
-    assert replace(teacher, weights=[0.5, 0.3, 0.2]).heaviest == 1
-    with pytest.raises(SystemExit, match="no iBRNet member"):
-        _ = replace(teacher, members=teacher.members[:1], weights=[1.0]).heaviest
+    assert replace(teacher, weights=[0.5, 0.3, 0.2]).heaviest() == 1
+    with pytest.raises(SystemExit, match="no ibrnet member"):
+        replace(teacher, members=teacher.members[:1], weights=[1.0]).heaviest()
 
 
 def test_a_student_is_not_an_ensemble_member(ensemble_members, ensemble_folder, tmp_path):
@@ -126,3 +126,51 @@ def test_a_manifest_whose_member_records_do_not_match_its_members_is_refused(mix
     record["architecture"]["members"].pop()
     with pytest.raises(ValueError, match="lists 2 networks; output has 3 members"):
         ModelManifest.model_validate(record)
+
+
+def test_an_attention_student_starts_as_the_attention_member(mixed, ensemble_folder):
+    folder, _ = mixed
+    dataset = load_dataset(DataRequest(str(ensemble_folder)))
+    teacher = distill.load_teacher(folder, dataset)
+    config, student = distill.student_from_teacher(teacher, head_units=2, arch="attention")
+    assert isinstance(student, AttentionStudentNet) and config.heads == 3
+    x = torch.from_numpy(dataset.splits["val"].x)
+    with torch.no_grad():
+        heads = student.eval().each_head(x)[:, :, 0]
+        expected = teacher.members[0](x)[:, 0]
+    for head in heads:
+        torch.testing.assert_close(head, expected, atol=1e-5, rtol=0)
+
+
+def test_an_attention_student_trains_exports_with_sigma_and_reads_back(mixed, ensemble_folder, tmp_path):
+    folder, _ = mixed
+    run, model_dir = tmp_path / "attention-student", tmp_path / "attention-student-model"
+    args = ("--arch", "attention", "--teacher", str(folder), "--head-units", "2", "--epochs", "2")
+    assert train_run(ensemble_folder, run, *args, "--batch-size", "100", "--lr", "1e-4") == 0
+    assert isinstance(load_best_model(run)[1], AttentionStudentNet)
+    assert main(["export", str(run), "--out", str(model_dir), "--weights", "fp16"]) == 0
+    manifest = ModelManifest.load(model_dir)
+    assert manifest.output.kind == "ensemble" and manifest.output.members == 3
+    assert manifest.output.interval is not None and "distilled from mixed" in manifest.description
+    x = load_dataset(DataRequest(str(ensemble_folder)), splits=("test",)).splits["test"].x
+    served = onnx_model.predict(onnx_model.session(model_dir / ONNX_FILE), x)
+    assert served.shape == (len(x), 2) and np.all(served[:, 1] > 0)  # the heads parted: a sigma
+    # the student is read back from its file whole (a student for --init-from or further training)
+    _, network = load_member(model_dir, 0)
+    with torch.no_grad():
+        again = network.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(again, served, atol=2e-3 * float(np.abs(served).max()))
+
+
+def test_heads_grow_on_one_attention_network(attention_run, ensemble_folder):
+    run_config, network = load_best_model(attention_run)
+    config = run_config.net
+    grown_config, grown = distill.heads_on_network(network, config, heads=4, head_units=3, seed=0)
+    assert isinstance(grown, AttentionStudentNet) and grown_config.heads == 4
+    x = torch.from_numpy(load_dataset(DataRequest(str(ensemble_folder)), splits=("val",)).splits["val"].x)
+    with torch.no_grad():
+        heads = grown.eval().each_head(x)[:, :, 0]
+        single = network.eval()(x)[:, 0]
+    # each head a copy of the network's tail nudged by 1% noise: near the network, not equal to it
+    assert float((heads.mean(dim=0) - single).abs().max()) < 0.1 * float(single.abs().max())
+    assert float(heads.std(dim=0).max()) > 0
