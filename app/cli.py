@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--teacher",
         metavar="MODEL_DIR",
-        help="distil this shipped ensemble into one network with a head per member (training/distill.py); "
-        "the transfer set is the train split minus every validation and test composition",
+        help="distil this shipped ensemble into one network with a head per member (training/distill.py), "
+        "of --arch (ibrnet, or attention), starting from the teacher's heaviest member of it; the "
+        "transfer set is the train split minus every validation and test composition",
     )
     train.add_argument(
         "--head-units",

@@ -43,6 +43,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -152,26 +153,31 @@ def model_only_throughput(
     return statistics.median(rates), model.provider, cpu_us
 
 
+def served_network(architecture: Architecture, kind: str, members: int) -> Any:
+    """The PyTorch network a model file computes, untrained: an ensemble's members (each its own
+    architecture where they differ), a student's one network with heads, or one network."""
+    from training.nets import Ensemble, NetConfig, build_network
+
+    if architecture.members:
+        return Ensemble([build_network(NetConfig.from_dict(record)) for record in architecture.members])
+    single = kind != "ensemble" or architecture.config.get("heads", 1) > 1
+    copies = 1 if single else members
+    networks = [build_network(NetConfig.from_dict(architecture.config)) for _ in range(copies)]
+    return networks[0] if single else Ensemble(networks)
+
+
 def naive_torch_throughput(models_dir: Path, formulas: list[str]) -> float:
     """One request = parse + featurize + one PyTorch forward pass on a batch of one, in-process
     (no HTTP: an upper bound for a naive server). One torch thread: its best setting for
     batches of one here (two threads on two shared cores spin against each other, 50x slower)."""
     import torch
 
-    from training.nets import Ensemble, IBRNet, NetConfig, build_network
-
     torch.set_num_threads(1)
     (manifest_path,) = models_dir.glob(f"*/{MANIFEST_FILE}")
     manifest = ModelManifest.load(manifest_path.parent)
     features = manifest.features
-    # same architecture, input width, member count and featurizer: the served model's cost
-    records = manifest.architecture.members  # each member's network where they differ
-    members = (
-        [build_network(NetConfig.from_dict(record)) for record in records]
-        if records
-        else [IBRNet(NetConfig(input_width=features.width)) for _ in range(manifest.output.members)]
-    )
-    network = (members[0] if len(members) == 1 else Ensemble(members)).eval()
+    # the served networks (architecture, input width, members or heads) and featurizer: its cost
+    network = served_network(manifest.architecture, manifest.output.kind, manifest.output.members).eval()
     featurizer = get_featurizer(features.spec)
     with torch.inference_mode():
         network(torch.zeros(1, features.width))

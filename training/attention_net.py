@@ -18,7 +18,6 @@ ONNX Runtime alike.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -72,11 +71,12 @@ class AttentionBlock(nn.Module):
         return tokens + tokenwise(self.feed, self.feed_norm(tokens))
 
 
-class ElementAttentionNet(nn.Module):
+class AttentionBody(nn.Module):
     """Element tokens (a learned embedding plus an encoding of the fraction) attend to each other;
-    the fraction-weighted mean of the tokens and the ``pa`` attributes go through residual units."""
+    the fraction-weighted mean of the tokens and the ``pa`` attributes go through residual units
+    (``trunk_widths``). The output layer, one or a head per teacher member, is the subclass's."""
 
-    def __init__(self, config: NetConfig) -> None:
+    def __init__(self, config: NetConfig, trunk_widths: tuple[int, ...]) -> None:
         super().__init__()
         elements = config.element_columns
         if not 0 < elements <= config.input_width:
@@ -92,14 +92,7 @@ class ElementAttentionNet(nn.Module):
             AttentionBlock(width, config.attention_heads, slope) for _ in range(config.attention_layers)
         )
         self.pooled_norm = nn.LayerNorm(width)
-        self.trunk = residual_units(config.trunk_widths, width + config.input_width - elements, slope)
-        self.head = dense(config.trunk_widths[-1], 1)
-        # Zero: the network starts at the train mean instead of several standard deviations off it
-        # (twelve residual units on a unit-variance input amplify it), which costs epochs to undo.
-        nn.init.zeros_(self.head.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] raw features -> [n, 1]
-        return self.norm.outputs(float32_head(self.head, self.trunk(self.encode(x))))
+        self.trunk = residual_units(trunk_widths, width + config.input_width - elements, slope)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """What the trunk reads: the pooled element tokens and the standardised attributes."""
@@ -119,15 +112,28 @@ class ElementAttentionNet(nn.Module):
         return torch.cat([pooled, attributes], dim=1)
 
 
-class AttentionStudentNet(HeadedNet, ElementAttentionNet):
+class ElementAttentionNet(AttentionBody):
+    """The attention network: one output."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__(config, config.trunk_widths)
+        self.head = dense(config.trunk_widths[-1], 1)
+        # Zero: the network starts at the train mean instead of several standard deviations off it
+        # (twelve residual units on a unit-variance input amplify it), which costs epochs to undo.
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [n, d] raw features -> [n, 1]
+        return self.norm.outputs(float32_head(self.head, self.trunk(self.encode(x))))
+
+
+class AttentionStudentNet(HeadedNet, AttentionBody):
     """The attention network with heads (nets.HeadedNet): the tokens, attention blocks and first
     trunk units are shared; its parameters keep the single network's names, so a student starts
     from an attention member by name."""
 
     def __init__(self, config: NetConfig) -> None:
         shared = shared_trunk_widths(config)
-        ElementAttentionNet.__init__(self, replace(config, trunk_widths=shared, heads=1))
-        del self.head  # each head has its own output layer
+        AttentionBody.__init__(self, config, shared)  # HeadedNet has no __init__ of its own
         self.grow_heads(config, shared[-1])
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:

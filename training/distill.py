@@ -56,14 +56,18 @@ class Teacher:
         it (a mixed teacher's other members only supply targets)."""
         same = [k for k, member in enumerate(self.members) if _arch_of(member) == _arch_of_name(arch)]
         if not same:
+            present = sorted({_arch_of(member) for member in self.members})
             raise SystemExit(
-                f"ibrnet train --teacher: {self.folder} has no {arch} member to start a student from"
+                f"ibrnet train --teacher: {self.folder} has no {arch} member to start a student from "
+                f"(its members: {', '.join(present)}; choose one with --arch)"
             )
         return max(same, key=lambda k: self.weights[k])
 
 
 def _arch_of(network: torch.nn.Module) -> str:
     """The family a network's weights can start a student of (BRNet is an iBRNet)."""
+    if isinstance(network, HeadedNet):
+        return ""  # already a student: its tail is heads, not one network's
     if isinstance(network, ElementAttentionNet):
         return "attention"
     return "ibrnet" if isinstance(network, IBRNet) else ""
@@ -79,6 +83,8 @@ def load_teacher(folder: Path, dataset: Dataset) -> Teacher:
     manifest = ModelManifest.load(folder)
     if manifest.output.kind != "ensemble" or manifest.output.members < 2:
         raise SystemExit(f"ibrnet train --teacher: {folder} is not an ensemble; nothing to distil")
+    if manifest.architecture.config.get("heads", 1) > 1:
+        raise SystemExit(f"ibrnet train --teacher: {folder} is a student with heads; distil from its teacher")
     if manifest.features.spec != dataset.features:
         raise SystemExit(
             f"ibrnet train --teacher: {folder} reads {manifest.features.spec}, this run {dataset.features}"
@@ -202,10 +208,15 @@ def _student_on(
     source: torch.nn.Module, base: NetConfig, heads: int, head_units: int
 ) -> tuple[NetConfig, HeadedNet]:
     """A network with heads holding every weight of ``source`` before its tail (same names)."""
+    if isinstance(source, HeadedNet):
+        raise SystemExit("ibrnet train: this network already has heads; grow them on a single network")
     if not _arch_of(source):
         raise SystemExit(f"ibrnet train: heads are grown on {', '.join(STUDENT_ARCHITECTURES)} networks only")
     config = replace(base, heads=heads, head_units=head_units)
-    student = build_network(config)
+    try:
+        student = build_network(config)
+    except ValueError as error:  # e.g. --head-units as many as the trunk has units
+        raise SystemExit(f"ibrnet train: {error}") from None
     assert isinstance(student, HeadedNet)
     shared = len(config.trunk_widths) - head_units
     tail = (*(f"trunk.{unit}." for unit in range(shared, len(config.trunk_widths))), "head.")

@@ -165,7 +165,7 @@ class HeadedNet(nn.Module):
     ``forward`` serves what an Ensemble serves, y [n, 2] = the heads' weighted mean and their spread
     times ``sigma_scale``; ``each_head`` gives the heads' outputs [k, n, 1] for training."""
 
-    norm: Standardise
+    norm: Standardise  # no __init__ here: a subclass builds its shared part, then grow_heads()
 
     def grow_heads(self, config: NetConfig, n_in: int) -> None:
         tail, slope = config.trunk_widths[-config.head_units :], config.leaky_slope
