@@ -146,10 +146,10 @@ def load_members(
         for key in ("data", "features"):
             if getattr(config, key) != getattr(first, key):
                 raise SystemExit(f"{command}: {run_dir} was trained on different {key} than {run_dirs[0]}")
-        for member, member_config in ((run_dirs[0], first), (run_dir, config)):
-            if member_config.net.heads > 1:
-                raise SystemExit(f"{command}: {member} is a student with heads, already an ensemble of "
-                                 "its own; it cannot be one member of another")  # fmt: skip
+    for run_dir, config in zip(run_dirs, configs, strict=True):
+        if len(configs) > 1 and config.net.heads > 1:
+            raise SystemExit(f"{command}: {run_dir} is a student with heads, already an ensemble of "
+                             "its own; it cannot be one member of another")  # fmt: skip
     return configs, models
 
 
@@ -277,8 +277,11 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         k: v for k, v in first.dataset.items() if k not in ("property", "unit", "description", "citations")
     }
     features = first.features
-    arches = dict.fromkeys(config.train.arch for config in configs)
-    citations = [*first.dataset["citations"], *(ARCHITECTURE_CITATIONS[arch] for arch in arches)]
+    architecture = _architecture(configs, module)  # its name: the members' architectures, joined by +
+    citations = [
+        *first.dataset["citations"],
+        *(ARCHITECTURE_CITATIONS[a] for a in architecture.name.split("+")),
+    ]
     if "pa" in features.spec:
         citations.append(PA_CITATION)
     teacher = first.train.teacher
@@ -292,11 +295,11 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         name=name or out_dir.resolve().name,
         property=first.dataset["property"],
         unit=first.dataset["unit"],
-        description=f"{'+'.join(arches)} ({features.spec} features{shape}): {first.dataset['description']}",
+        description=f"{architecture.name} ({features.spec} features{shape}): {first.dataset['description']}",
         features=FeatureSpec(
             spec=features.spec, version=features.version, width=features.width, elements=features.elements
         ),
-        architecture=_architecture(configs, module),
+        architecture=architecture,
         output=Output(
             kind="ensemble",
             members=members,
