@@ -251,6 +251,20 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="drop train and val rows whose composition is in this dataset's splits (all, or those "
         "named), e.g. critexam-ef:test: a transfer source that never saw the target's test compounds",
     )
+    parser.add_argument(
+        "--add-train",
+        metavar="DATASET",
+        action="append",
+        help="add this dataset's rows (every split) of the same property to the TRAIN split, except "
+        "any composition in a split of --data or named by --exclude-compositions, e.g. "
+        "matbench-mp-e-form beside critexam-ef",
+    )
+    parser.add_argument(
+        "--add-train-duplicates",
+        choices=["lowest", "mean"],
+        help="several added rows of one composition (polymorphs) become one: the lowest target "
+        "(default: the ground state) or their mean",
+    )
     _add_data_options(parser)
 
 

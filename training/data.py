@@ -232,12 +232,16 @@ class DataRequest:
     # "DATASET" or "DATASET:SPLIT[+SPLIT]": train and val rows whose composition appears there are
     # dropped, so a network never sees another dataset's evaluation compounds (transfer sources).
     exclude: tuple[str, ...] = ()
+    # Other datasets of the same property whose rows join the TRAIN split (see added_train_rows).
+    add_train: tuple[str, ...] = ()
+    add_train_duplicates: str = "lowest"  # several rows of one added composition: "lowest" or "mean"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataRequest:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        if "exclude" in known:
-            known["exclude"] = tuple(known["exclude"])
+        for key in ("exclude", "add_train"):
+            if key in known:
+                known[key] = tuple(known[key])
         return cls(**known)
 
 
@@ -410,6 +414,14 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
             )
             notes["excluded_rows"][split] = int((~allowed).sum())
             x, y, rows = x[allowed], y[allowed], rows[allowed]
+        formulas = [raw.formulas[r] for r in rows.tolist()]
+        if split == "train" and request.add_train:
+            added = added_train_rows(request, featurizer, meta, sources, excluded)
+            notes["add_train"] = added.notes
+            meta["citations"] = list(dict.fromkeys([*meta["citations"], *added.citations]))
+            x = np.concatenate([x, added.x])
+            y = np.concatenate([y, added.y])
+            formulas += added.formulas
         skipped = Counter(code for code in features.errors[chosen].tolist() if code)
         dropped = 0
         if split == "train" and request.outlier_iqr is not None and len(y) > 0:
@@ -419,13 +431,14 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
                 inside = (y >= q1 - spread) & (y <= q3 + spread)
                 dropped = int((~inside).sum())
                 notes["train_target_window"] = [float(q1 - spread), float(q3 + spread)]
-                x, y, rows = x[inside], y[inside], rows[inside]
+                x, y = x[inside], y[inside]
+                formulas = [f for f, k in zip(formulas, inside.tolist(), strict=True) if k]
             else:  # e.g. band gaps, 93% exactly 0: a zero IQR would call every insulator an outlier
                 notes["train_target_window"] = "not applied: the interquartile range is 0"
         out[split] = Split(
             x=np.ascontiguousarray(x),
             y=y,
-            formulas=[raw.formulas[r] for r in rows.tolist()],
+            formulas=formulas,
             rows_in_file=len(split_rows),
             rows_considered=len(chosen),
             skipped=dict(sorted(skipped.items())),
@@ -443,6 +456,73 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
         splits=out,
         files=files,
         notes=notes,
+    )
+
+
+@dataclass
+class AddedRows:
+    x: np.ndarray
+    y: np.ndarray
+    formulas: list[str]
+    notes: dict[str, Any]
+    citations: list[str]
+
+
+def added_train_rows(
+    request: DataRequest,
+    featurizer: Featurizer,
+    meta: dict[str, Any],
+    sources: dict[str, tuple[RawFile, np.ndarray]],
+    excluded: frozenset[str],
+) -> AddedRows:
+    """The rows of ``request.add_train``'s datasets (every split of theirs) that join this dataset's
+    TRAIN split. Never a composition in any split of this dataset (its train rows keep their own
+    label; its validation and test compounds are never trained on), nor one ``exclude`` names.
+    Several rows of one composition (polymorphs) become one: the lowest target by default, the
+    ground state, which is what a composition's energy means on a convex hull."""
+    if request.add_train_duplicates not in ("lowest", "mean"):
+        raise SystemExit(f"--add-train-duplicates {request.add_train_duplicates}: use lowest or mean")
+    own = {composition_key(raw.formulas[r]) for raw, rows in sources.values() for r in rows.tolist()}
+    chosen: dict[str, tuple[str, list[float], np.ndarray]] = {}  # key -> (formula, targets, features)
+    per_dataset: dict[str, dict[str, Any]] = {}
+    citations: list[str] = []
+    for name in request.add_train:
+        other_meta, other_sources, _ = _read_sources(DataRequest(data=name))
+        packaged = find_packaged(name) is not None
+        if packaged and (other_meta["property"], other_meta["unit"]) != (meta["property"], meta["unit"]):
+            raise SystemExit(
+                f"--add-train {name}: its property is {other_meta['property']} ({other_meta['unit']}), "
+                f"this dataset's {meta['property']} ({meta['unit']})"
+            )
+        citations += other_meta["citations"]
+        counts = Counter[str]()
+        files = {id(raw): raw for raw, _ in other_sources.values()}.values()
+        for raw in files:
+            features = featurize_file(raw, featurizer, None)
+            counts["refused"] += int(len(raw.formulas) - len(features.rows))
+            for row, vector in zip(features.rows.tolist(), features.x, strict=True):
+                key = composition_key(raw.formulas[row])
+                if key in own:
+                    counts["in_this_dataset"] += 1
+                elif key in excluded:
+                    counts["excluded"] += 1
+                elif key in chosen:
+                    counts["merged_duplicates"] += 1
+                    chosen[key][1].append(float(raw.targets[row]))
+                else:
+                    counts["added"] += 1
+                    chosen[key] = (raw.formulas[row], [float(raw.targets[row])], vector)
+        per_dataset[name] = {"source": other_meta["source"], "sha256": [f.sha256 for f in files], **counts}
+    reduce = min if request.add_train_duplicates == "lowest" else (lambda v: float(np.mean(v)))
+    entries = list(chosen.values())
+    entries = [entries[i] for i in _subset(len(entries), request.limit, request.split_seed).tolist()]
+    print(f"--add-train: {len(entries):,} compositions join the train split", file=sys.stderr)
+    return AddedRows(
+        x=np.stack([e[2] for e in entries]) if entries else np.zeros((0, featurizer.width), np.float32),
+        y=np.array([reduce(e[1]) for e in entries], dtype=np.float32),
+        formulas=[e[0] for e in entries],
+        notes={"duplicates": request.add_train_duplicates, "datasets": per_dataset},
+        citations=citations,
     )
 
 

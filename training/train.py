@@ -549,6 +549,8 @@ def config_from_args(
     given["target_scaling"] = False if getattr(args, "no_target_scaling", False) else None
     excluded = getattr(args, "exclude_compositions", None)
     given["exclude"] = tuple(excluded) if excluded else None
+    added = getattr(args, "add_train", None)
+    given["add_train"] = tuple(added) if added else None
     keep_all_rows = given.get("outlier_iqr") == 0  # "--outlier-iqr 0 keeps all"
     if keep_all_rows:
         given["outlier_iqr"] = None
