@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -222,7 +222,7 @@ class DataRequest:
 
     data: str  # packaged name, CSV path, or folder with train/val/test.csv
     features: str = "ef"
-    limit: int | None = None  # at most this many rows per split (a seeded subset)
+    limit: int | None = None  # at most this many rows per split (a seeded subset; --add-train's too)
     formula_column: str = "formula"
     target_column: str | None = None  # None: "target", or the only other column
     split_seed: int = 0  # for CSVs without a split, and for --limit subsets
@@ -234,7 +234,7 @@ class DataRequest:
     exclude: tuple[str, ...] = ()
     # Other datasets of the same property whose rows join the TRAIN split (see added_train_rows).
     add_train: tuple[str, ...] = ()
-    add_train_duplicates: str = "lowest"  # several rows of one added composition: "lowest" or "mean"
+    add_train_duplicates: Literal["lowest", "mean"] = "lowest"  # several rows of one added composition
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataRequest:
@@ -254,6 +254,7 @@ class Split:
     rows_considered: int  # after --limit
     skipped: dict[str, int]  # error code -> rows refused by the parser / target check
     outliers_dropped: int = 0
+    added_rows: int = 0  # rows of --add-train datasets among x/y (after rows_considered's)
 
 
 @dataclass
@@ -390,6 +391,30 @@ def _snake(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.strip().lower()).strip("_") or "target"
 
 
+def _target_window(y: np.ndarray, iqr: float | None, notes: dict[str, Any]) -> tuple[float, float] | None:
+    """TRAIN targets outside [Q1 - k·IQR, Q3 + k·IQR] are dropped (None: keep every row)."""
+    if iqr is None or len(y) == 0:
+        return None
+    q1, q3 = np.quantile(y.astype(np.float64), [0.25, 0.75])
+    spread = iqr * (q3 - q1)
+    if spread <= 0:  # e.g. band gaps, 93% exactly 0: a zero IQR would call every insulator an outlier
+        notes["train_target_window"] = "not applied: the interquartile range is 0"
+        return None
+    notes["train_target_window"] = [float(q1 - spread), float(q3 + spread)]
+    return float(q1 - spread), float(q3 + spread)
+
+
+def _inside(
+    window: tuple[float, float] | None, x: np.ndarray, y: np.ndarray, formulas: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """The rows whose target lies in ``window``, and how many did not."""
+    if window is None:
+        return x, y, formulas, 0
+    inside = (y >= window[0]) & (y <= window[1])
+    kept = [f for f, k in zip(formulas, inside.tolist(), strict=True) if k]
+    return x[inside], y[inside], kept, int((~inside).sum())
+
+
 def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Dataset:
     featurizer = get_featurizer(request.features)
     meta, sources, notes = _read_sources(request)
@@ -415,26 +440,23 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
             notes["excluded_rows"][split] = int((~allowed).sum())
             x, y, rows = x[allowed], y[allowed], rows[allowed]
         formulas = [raw.formulas[r] for r in rows.tolist()]
-        if split == "train" and request.add_train:
-            added = added_train_rows(request, featurizer, meta, sources, excluded)
-            notes["add_train"] = added.notes
-            meta["citations"] = list(dict.fromkeys([*meta["citations"], *added.citations]))
-            x = np.concatenate([x, added.x])
-            y = np.concatenate([y, added.y])
-            formulas += added.formulas
         skipped = Counter(code for code in features.errors[chosen].tolist() if code)
-        dropped = 0
-        if split == "train" and request.outlier_iqr is not None and len(y) > 0:
-            q1, q3 = np.quantile(y.astype(np.float64), [0.25, 0.75])
-            spread = request.outlier_iqr * (q3 - q1)
-            if spread > 0:
-                inside = (y >= q1 - spread) & (y <= q3 + spread)
-                dropped = int((~inside).sum())
-                notes["train_target_window"] = [float(q1 - spread), float(q3 + spread)]
-                x, y = x[inside], y[inside]
-                formulas = [f for f, k in zip(formulas, inside.tolist(), strict=True) if k]
-            else:  # e.g. band gaps, 93% exactly 0: a zero IQR would call every insulator an outlier
-                notes["train_target_window"] = "not applied: the interquartile range is 0"
+        dropped = added_rows = 0
+        if split == "train":
+            # the window comes from this dataset's own rows: added data never decides which of them go
+            window = _target_window(y, request.outlier_iqr, notes)
+            x, y, formulas, dropped = _inside(window, x, y, formulas)
+            if request.add_train:
+                added = added_train_rows(request, featurizer, meta, sources, excluded)
+                added_x, added_y, added_formulas, added.notes["outliers_dropped"] = _inside(
+                    window, added.x, added.y, added.formulas
+                )
+                added_rows = len(added_y)
+                print(f"--add-train: {added_rows:,} compositions join the train split", file=sys.stderr)
+                notes["add_train"] = added.notes
+                meta["citations"] = list(dict.fromkeys([*meta["citations"], *added.citations]))
+                x, y = np.concatenate([x, added_x]), np.concatenate([y, added_y])
+                formulas += added_formulas
         out[split] = Split(
             x=np.ascontiguousarray(x),
             y=y,
@@ -443,6 +465,7 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
             rows_considered=len(chosen),
             skipped=dict(sorted(skipped.items())),
             outliers_dropped=dropped,
+            added_rows=added_rows,
         )
         files[split] = {"origin": raw.origin, "sha256": raw.sha256, "size": raw.size}
     return Dataset(
@@ -461,11 +484,31 @@ def load_dataset(request: DataRequest, splits: Sequence[str] = SPLITS) -> Datase
 
 @dataclass
 class AddedRows:
+    """What ``--add-train`` brings: one row per new composition, with where each came from."""
+
     x: np.ndarray
     y: np.ndarray
     formulas: list[str]
     notes: dict[str, Any]
     citations: list[str]
+
+
+@dataclass
+class _AddedComposition:
+    formula: str  # as first written in the added data
+    targets: list[float]  # every row of it (polymorphs), reduced to one by add_train_duplicates
+    features: np.ndarray
+
+
+def _same_property(name: str, other: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A packaged dataset must hold this dataset's property (a CSV's cannot be told: not checked)."""
+    if find_packaged(name) is None or (other["property"], other["unit"]) == (meta["property"], meta["unit"]):
+        return
+    raise SystemExit(
+        f"--add-train {name}: its property is {other['property']} ({other['unit']}), this dataset's "
+        f"{meta['property']} ({meta['unit'] or 'no unit'}); a CSV --data names its own with "
+        "--property and --unit"
+    )
 
 
 def added_train_rows(
@@ -476,51 +519,49 @@ def added_train_rows(
     excluded: frozenset[str],
 ) -> AddedRows:
     """The rows of ``request.add_train``'s datasets (every split of theirs) that join this dataset's
-    TRAIN split. Never a composition in any split of this dataset (its train rows keep their own
-    label; its validation and test compounds are never trained on), nor one ``exclude`` names.
-    Several rows of one composition (polymorphs) become one: the lowest target by default, the
-    ground state, which is what a composition's energy means on a convex hull."""
+    TRAIN split. Never a composition in any split of this dataset, whatever --limit loaded (its
+    train rows keep their own label; its validation and test compounds are never trained on), nor
+    one ``exclude`` names. Several rows of one composition (polymorphs) become one: the lowest
+    target by default, the ground state, which is what a composition's energy means on a hull.
+    With --limit, at most that many added compositions (a seeded subset)."""
     if request.add_train_duplicates not in ("lowest", "mean"):
         raise SystemExit(f"--add-train-duplicates {request.add_train_duplicates}: use lowest or mean")
+    if len(set(request.add_train)) < len(request.add_train):
+        raise SystemExit(f"--add-train names a dataset twice: {', '.join(request.add_train)}")
     own = {composition_key(raw.formulas[r]) for raw, rows in sources.values() for r in rows.tolist()}
-    chosen: dict[str, tuple[str, list[float], np.ndarray]] = {}  # key -> (formula, targets, features)
+    chosen: dict[str, _AddedComposition] = {}
     per_dataset: dict[str, dict[str, Any]] = {}
     citations: list[str] = []
     for name in request.add_train:
         other_meta, other_sources, _ = _read_sources(DataRequest(data=name))
-        packaged = find_packaged(name) is not None
-        if packaged and (other_meta["property"], other_meta["unit"]) != (meta["property"], meta["unit"]):
-            raise SystemExit(
-                f"--add-train {name}: its property is {other_meta['property']} ({other_meta['unit']}), "
-                f"this dataset's {meta['property']} ({meta['unit']})"
-            )
+        _same_property(name, other_meta, meta)
         citations += other_meta["citations"]
         counts = Counter[str]()
-        files = {id(raw): raw for raw, _ in other_sources.values()}.values()
+        files = list({id(raw): raw for raw, _ in other_sources.values()}.values())
         for raw in files:
             features = featurize_file(raw, featurizer, None)
             counts["refused"] += int(len(raw.formulas) - len(features.rows))
             for row, vector in zip(features.rows.tolist(), features.x, strict=True):
                 key = composition_key(raw.formulas[row])
+                target = float(raw.targets[row])
                 if key in own:
                     counts["in_this_dataset"] += 1
                 elif key in excluded:
                     counts["excluded"] += 1
                 elif key in chosen:
                     counts["merged_duplicates"] += 1
-                    chosen[key][1].append(float(raw.targets[row]))
+                    chosen[key].targets.append(target)
                 else:
                     counts["added"] += 1
-                    chosen[key] = (raw.formulas[row], [float(raw.targets[row])], vector)
+                    chosen[key] = _AddedComposition(raw.formulas[row], [target], vector)
         per_dataset[name] = {"source": other_meta["source"], "sha256": [f.sha256 for f in files], **counts}
-    reduce = min if request.add_train_duplicates == "lowest" else (lambda v: float(np.mean(v)))
     entries = list(chosen.values())
     entries = [entries[i] for i in _subset(len(entries), request.limit, request.split_seed).tolist()]
-    print(f"--add-train: {len(entries):,} compositions join the train split", file=sys.stderr)
+    reduce = np.min if request.add_train_duplicates == "lowest" else np.mean
     return AddedRows(
-        x=np.stack([e[2] for e in entries]) if entries else np.zeros((0, featurizer.width), np.float32),
-        y=np.array([reduce(e[1]) for e in entries], dtype=np.float32),
-        formulas=[e[0] for e in entries],
+        x=np.stack([e.features for e in entries]) if entries else np.zeros((0, featurizer.width), np.float32),
+        y=np.array([reduce(e.targets) for e in entries], dtype=np.float32),
+        formulas=[e.formula for e in entries],
         notes={"duplicates": request.add_train_duplicates, "datasets": per_dataset},
         citations=citations,
     )
@@ -559,7 +600,7 @@ def describe(dataset: Dataset) -> str:
     for name, split in dataset.splits.items():
         refused = ", ".join(f"{code} {count}" for code, count in split.skipped.items()) or "none"
         extra = f", {split.outliers_dropped} target outliers dropped" if split.outliers_dropped else ""
-        lines.append(
-            f"{name}: {len(split.y):,} rows used of {split.rows_considered:,}; refused: {refused}{extra}"
-        )
+        added = f" (+{split.added_rows:,} from --add-train)" if split.added_rows else ""
+        used = f"{len(split.y):,} rows used of {split.rows_considered:,}{added}"
+        lines.append(f"{name}: {used}; refused: {refused}{extra}")
     return "\n".join(lines)

@@ -279,7 +279,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
     features = first.features
     architecture = _architecture(configs, module)  # its name: the members' architectures, joined by +
     citations = [
-        *dict.fromkeys(c for config in configs for c in config.dataset["citations"]),  # --add-train's too
+        *first.dataset["citations"],  # the data's, --add-train's included (members share their data)
         *(ARCHITECTURE_CITATIONS[a] for a in architecture.name.split("+")),
     ]
     if "pa" in features.spec:
