@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer set is the train split minus every validation and test composition",
     )
     train.add_argument(
+        "--start-member",
+        type=int,
+        metavar="K",
+        help="with --teacher: the student starts as the teacher's member K (0-based, of --arch) instead "
+        "of its heaviest; e.g. the best member on validation when a weaker one carries more weight",
+    )
+    train.add_argument(
         "--head-units",
         type=int,
         help="with --teacher or --heads: trunk units repeated in each head (default 3)",

@@ -172,10 +172,18 @@ def _parse(formula: str) -> ParsedFormula | None:
 
 
 def student_from_teacher(
-    teacher: Teacher, head_units: int, arch: str = "ibrnet"
+    teacher: Teacher, head_units: int, arch: str = "ibrnet", start: int | None = None
 ) -> tuple[NetConfig, HeadedNet]:
-    """A student that starts as the teacher's heaviest member of ``arch``, every head a copy of its tail."""
-    start = teacher.heaviest(arch)
+    """A student that starts as the teacher's member ``start`` (default: its heaviest of ``arch``),
+    every head a copy of its tail."""
+    if start is None:
+        start = teacher.heaviest(arch)
+    elif not 0 <= start < len(teacher.members) or _arch_of(teacher.members[start]) != _arch_of_name(arch):
+        kinds = ", ".join(f"{k} {_arch_of(member)}" for k, member in enumerate(teacher.members))
+        raise SystemExit(
+            f"ibrnet train --start-member {start}: {teacher.folder} has no {arch} member {start} "
+            f"(its members: {kinds})"
+        )
     base = NetConfig.from_dict(teacher.manifest.architecture.member_config(start))
     config, student = _student_on(teacher.members[start], base, len(teacher.members), head_units)
     for head in student.heads:

@@ -44,6 +44,7 @@ class TrainConfig:
     init_from: str | None = None  # MODEL_DIR[#MEMBER]: start from a shipped model (warm_start.py)
     teacher: str | None = None  # MODEL_DIR of an ensemble: distil it into one student (distill.py)
     head_units: int = 3  # distillation: the trunk's last units, repeated once per teacher member
+    start_member: int | None = None  # distillation: the member the student starts as (None: heaviest)
     transfer_extra: float = 0.0  # distillation: neighbouring compositions, times the train split
     spread_weight: float = 1.0  # distillation: weight of |spread(heads) - spread(members)| in the loss
     heads: int = 1  # with init_from and no teacher: grow this many heads, each trained on the target

@@ -242,6 +242,8 @@ def train(
         raise SystemExit(
             "ibrnet train: --transfer-extra needs --teacher (the teacher labels those compositions)"
         )
+    if config.start_member is not None and (not config.teacher or config.init_from):
+        raise SystemExit("ibrnet train: --start-member picks a --teacher's member for a new student")
     if config.heads > 1 and (not config.init_from or config.teacher):
         raise SystemExit(
             "ibrnet train: --heads grows heads on an --init-from network (a --teacher sets its own)"
@@ -282,7 +284,9 @@ def train(
                     "ibrnet train --init-from: a student with a head per teacher member is needed"
                 )
         else:
-            net_config, model = distill.student_from_teacher(teacher, config.head_units, config.arch)
+            net_config, model = distill.student_from_teacher(
+                teacher, config.head_units, config.arch, config.start_member
+            )
         model = model.to(device)
     elif config.init_from:
         net_config, model = warm_start(config, featurizer.name)

@@ -98,6 +98,23 @@ def test_a_mixed_teachers_student_starts_from_its_heaviest_ibrnet(mixed, ensembl
         replace(teacher, members=teacher.members[:1], weights=[1.0]).heaviest()
 
 
+def test_a_student_may_start_as_a_member_chosen_by_number(mixed, ensemble_folder):
+    """--start-member K: e.g. the best member on validation, where a weaker one weighs more."""
+    folder, _ = mixed
+    dataset = load_dataset(DataRequest(str(ensemble_folder)))
+    teacher = replace(distill.load_teacher(folder, dataset), weights=[0.5, 0.2, 0.3])  # heaviest iBRNet: 2
+    _, student = distill.student_from_teacher(teacher, head_units=3, start=1)
+    x = torch.from_numpy(dataset.splits["val"].x)
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(x)[:, 0], teacher.members[1](x)[:, 0], atol=1e-5, rtol=0)
+    for wrong in (0, 3, -1):  # 0 is the attention member
+        with pytest.raises(
+            SystemExit,
+            match=rf"--start-member {wrong}: .* has no ibrnet member {wrong} \(its members: 0 attention",
+        ):
+            distill.student_from_teacher(teacher, head_units=3, start=wrong)
+
+
 def test_a_student_is_not_an_ensemble_member(ensemble_members, ensemble_folder, tmp_path):
     teacher = tmp_path / "teacher"
     assert main(["export", *map(str, ensemble_members[:2]), "--out", str(teacher)]) == 0
