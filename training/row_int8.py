@@ -9,10 +9,14 @@ This rewrite gives each row its own scale, with standard ONNX operators only:
 
     s   = max(|x|, over the row) / 127                    (one number per row)
     x_q = round(x / s) + 128                              (uint8, zero point 128)
-    y   = MatMulInteger(x_q, W_q, 128) * w_scale * s + b  (W_q int8, one scale per output column)
+    y   = MatMulInteger(x_q, W_q, 128) * w_scale * s + b  (W_q in [-63, 63], one scale per column)
 
 so a row's result is a function of that row alone. uint8 activations against int8 weights is the
 pair ORT's integer GEMM runs fast (on AMX, AVX512-VNNI, ...); int8 x int8 has no fast kernel here.
+The weights use 7 bits: on a CPU with AVX2 but no VNNI, ORT's u8s8 kernel adds pairs of products in
+int16 (vpmaddubsw), and 2 x 255 x 127 overflows it. The same file then answered wrongly there (signs
+flipped) while right on the machine that exported it; 2 x 255 x 63 fits, so every kernel computes
+the same exact integers (ORT's own ``reduce_range`` is this fix).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-QMAX = 127
+QMAX = 127  # activations: uint8 around the zero point
+WEIGHT_QMAX = 63  # weights: 7 bits, so no int16 pair sum saturates on AVX2 (module docstring)
 ZERO_POINT = 128
 _TINY = np.float32(1e-30)  # an all-zero row keeps a finite scale (and quantizes to zeros)
 
@@ -45,8 +50,8 @@ def quantizable_weight(node: onnx.NodeProto, initializers: dict[str, np.ndarray]
 
 
 def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: (int8 [K, N], float32 scales [N])."""
-    scale = np.abs(weight).max(axis=0).astype(np.float32) / QMAX
+    """Symmetric 7-bit per output column: (int8 [K, N] in [-63, 63], float32 scales [N])."""
+    scale = np.abs(weight).max(axis=0).astype(np.float32) / WEIGHT_QMAX
     scale[scale == 0] = 1.0
     return np.round(weight / scale).astype(np.int8), scale
 

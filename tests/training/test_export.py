@@ -234,3 +234,16 @@ def test_an_int8_answer_does_not_depend_on_the_rows_sharing_its_call(exported, t
     float32 = onnx_model.session(exported / ONNX_FILE).run(["y"], {"x": x})[0]
     assert not np.array_equal(alone, float32)  # it is int8 arithmetic, not a float copy
     assert np.abs(alone - float32).max() < 0.1 * np.abs(float32).max()
+
+
+def test_int8_weights_leave_room_for_avx2s_int16_pair_sums():
+    """ORT's u8s8 kernel on AVX2 without VNNI adds two uint8 x int8 products in int16: with 8-bit
+    weights 2 x 255 x 127 overflows it and the file answers wrongly on such CPUs only (seen: signs
+    flipped), so the weights keep 7 bits whatever machine exports them."""
+    from training.row_int8 import quantize_weight
+
+    weight = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    quantized, scales = quantize_weight(weight)
+    assert 2 * 255 * int(np.abs(quantized.astype(np.int32)).max()) <= np.iinfo(np.int16).max
+    assert np.abs(quantized).max() == 63  # the full 7 bits are used
+    assert np.abs(quantized * scales - weight).max() <= scales.max() / 2 + 1e-6
