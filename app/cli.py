@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--no-subsystems", action="store_true", help="only compositions with every element")
     screen.add_argument("--properties", nargs="*")
     screen.add_argument("--sort-by")
-    screen.add_argument("--descending", action="store_true")
+    order = screen.add_mutually_exclusive_group()
+    order.add_argument(
+        "--ascending", dest="ascending", action="store_true", default=None, help="lowest first"
+    )
+    order.add_argument(
+        "--descending",
+        dest="ascending",
+        action="store_false",
+        help="highest first (default for p_stable; lowest first for the others)",
+    )
     screen.add_argument("--top-k", type=int)
     screen.add_argument("--out", required=True, help="results file (.csv or .parquet)")
     screen.add_argument("--models", help="model directory (default: IBRNET_MODELS_DIR)")

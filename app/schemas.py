@@ -7,11 +7,16 @@ objects); the response models here document them in OpenAPI and tests check the 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference.manifest import Architecture, DatasetInfo, FeatureSpec, Output, SplitMetrics, TrainingInfo
+
+# A property name is a short identifier; a longer one is refused before it is looked up (and echoed
+# back in an unknown_property message).
+MAX_PROPERTY_NAME_LENGTH = 64
+PropertyName = Annotated[str, Field(min_length=1, max_length=MAX_PROPERTY_NAME_LENGTH)]
 
 PROPERTIES_DESCRIPTION = (
     "Properties to predict (e.g. formation_enthalpy, band_gap); all served properties when omitted. "
@@ -25,7 +30,7 @@ class PredictRequest(BaseModel):
     # The length limit (IBRNET_MAX_FORMULA_LENGTH) is enforced by the parser, which answers
     # 422 formula_too_long naming the limit, the same way for /predict and each batch item.
     formula: str = Field(description="A chemical formula, e.g. Fe2O3, (NH4)2SO4, CuSO4·5H2O, Fe0.4O0.6")
-    properties: list[str] | None = Field(
+    properties: list[PropertyName] | None = Field(
         None, min_length=1, max_length=64, description=PROPERTIES_DESCRIPTION
     )
 
@@ -39,7 +44,7 @@ class BatchPredictRequest(BaseModel):
         description="Formulas, answered in this order. At most IBRNET_MAX_BATCH_ITEMS (default 100,000); "
         "more is refused with 413 too_many_items."
     )
-    properties: list[str] | None = Field(
+    properties: list[PropertyName] | None = Field(
         None, min_length=1, max_length=64, description=PROPERTIES_DESCRIPTION
     )
 

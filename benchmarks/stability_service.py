@@ -56,7 +56,7 @@ def main() -> int:
     answered = frame["e_above_hull"].notna().to_numpy()
     predicted_ef = frame["formation_energy_mp"].to_numpy(dtype=float)
     above = frame["e_above_hull"].to_numpy(dtype=float)
-    p_stable = frame["e_above_hull_p_stable"].to_numpy(dtype=float)
+    p_stable = frame["p_stable"].to_numpy(dtype=float)
     true_above = dft - (predicted_ef - above)
     figures = {
         **classification(true_above[answered], above[answered], p_stable[answered]),

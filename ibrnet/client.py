@@ -353,8 +353,8 @@ class ScreenJob:
     @property
     def properties(self) -> list[str]:
         """The properties this job predicts, in column order. A stability screen's ``p_stable`` and
-        ``known`` are fields of ``e_above_hull`` (columns ``e_above_hull_p_stable`` and
-        ``e_above_hull_known``, as in ``predict``), not properties of their own."""
+        ``known`` are fields of ``e_above_hull`` (columns ``p_stable`` and ``known``, as in
+        ``predict``), not properties of their own."""
         models = self._view.get("models") or {}
         return [name for name, described in models.items() if "derived_from" not in described]
 

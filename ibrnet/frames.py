@@ -18,6 +18,10 @@ import pandas as pd
 # Fields of a property's answer that have their own columns or live in ``frame.attrs``; any other
 # field a newer service adds becomes a ``<property>_<field>`` column, so nothing is dropped.
 _SHAPED_FIELDS = frozenset({"value", "uncertainty", "interval", "unit", "model", "version", "cached"})
+# Fields only the stability answer (e_above_hull) carries: their columns are named as the service
+# names them everywhere else (its CSV columns, a screen's sort_by and filters), so a notebook's
+# frame["p_stable"] matches sort_by="p_stable". Any other extra field is ``<property>_<field>``.
+SERVICE_COLUMNS = frozenset({"p_stable", "decomposition", "known", "reference_value", "reference"})
 
 
 def results_frame(
@@ -28,8 +32,10 @@ def results_frame(
     Columns: ``index`` (with ``index=True``: a screening row's input position), ``formula``,
     ``composition``, then for each property ``<property>`` and ``<property>_uncertainty`` (NaN for a
     model without one), ``<property>_low`` / ``<property>_high`` when the service sends intervals,
-    then ``error_code`` and ``error_message`` (None on predicted rows; the values are NaN on
-    refused rows). ``properties`` fixes which property columns exist and their order (None: those
+    any other field of its answers as ``<property>_<field>`` (e_above_hull's ``p_stable``,
+    ``known``, ``decomposition``, ``reference_value`` and ``reference`` under those names), then
+    ``error_code`` and ``error_message`` (None on predicted rows; the values are NaN on refused
+    rows). ``properties`` fixes which property columns exist and their order (None: those
     found in the results). ``frame.attrs["models"]`` maps each property to its model, version, unit
     (and interval level) as the first row that has it reports them.
     """
@@ -80,7 +86,7 @@ def results_frame(
             columns[f"{name}_low"] = lows[name]
             columns[f"{name}_high"] = highs[name]
         for field, column in sorted(extras.get(name, {}).items()):
-            columns.setdefault(f"{name}_{field}", column)
+            columns.setdefault(field if field in SERVICE_COLUMNS else f"{name}_{field}", column)
     columns["error_code"] = error_code
     columns["error_message"] = error_message
     frame = pd.DataFrame(columns)

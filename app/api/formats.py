@@ -83,7 +83,7 @@ async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[by
 # Every property's columns (_low/_high: the prediction interval, at the level model.json records);
 # a stability answer adds its own after them.
 _PROPERTY_COLUMNS = ("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached")
-_STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference")
+_STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference_value", "reference")
 
 
 def csv_header(properties: Sequence[str]) -> list[str]:
@@ -119,6 +119,7 @@ def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
                 "" if p.p_stable is None else repr(p.p_stable),
                 " + ".join(f"{share:.4g} {phase}" for phase, share in (p.decomposition or {}).items()),
                 "true" if p.known else "false",
+                "" if p.reference_value is None else repr(p.reference_value),
                 f"{p.reference['name']} {p.reference['sha256']}",
             ]
     return [*row, "", ""]

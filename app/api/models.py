@@ -37,7 +37,7 @@ async def list_models(registry: RegistryDep, predictor: PredictorDep) -> Respons
                 "property": E_ABOVE_HULL,
                 "unit": UNIT,
                 "derived_from": SOURCE_PROPERTY,
-                "fields": ["p_stable", "decomposition", "known", "reference"],
+                "fields": ["p_stable", "decomposition", "known", "reference_value", "reference"],
                 "screen_columns": list(DERIVED_COLUMNS),
                 "reference": {**reference.describe(), "compounds": len(reference.keys), **reference.metadata},
             }

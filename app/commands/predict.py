@@ -21,6 +21,7 @@ from app.inference.predictor import (
 )
 from app.inference.registry import ModelRegistry
 from app.settings import get_settings
+from app.stability.assess import StabilityPrediction
 from app.stability.service import load_stability
 
 
@@ -116,8 +117,13 @@ def render_table(results: list[PredictionResult | ItemError], properties: list[s
     return "\n".join(lines)
 
 
-def _cell(prediction: PropertyPrediction) -> str:
+def _cell(prediction: PropertyPrediction | StabilityPrediction) -> str:
     if prediction.value is None:
         return "n/a"
     text = f"{prediction.value:.4f}"
-    return f"{text} ± {prediction.uncertainty:.4f}" if prediction.uncertainty is not None else text
+    if prediction.uncertainty is not None:
+        text = f"{text} ± {prediction.uncertainty:.4f}"
+    if isinstance(prediction, StabilityPrediction) and prediction.p_stable is not None:
+        # A stability answer is read by its probability first; "known" says it is in the reference.
+        text = f"{text} p_stable {prediction.p_stable:.2f}{' known' if prediction.known else ''}"
+    return text

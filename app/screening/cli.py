@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             formulas=[] if args.input else None,
             properties=args.properties or None,
             sort_by=args.sort_by,
-            ascending=not args.descending,
+            ascending=args.ascending,
             top_k=args.top_k,
             filters=parse_filters(args.filter or []),
             max_uncertainty=args.max_uncertainty,

@@ -22,6 +22,7 @@ from app.screening.stoichiometry import StoichiometryEncoder
 from app.stability.assess import (
     DERIVED_COLUMNS,
     E_ABOVE_HULL,
+    SCREEN_NAMES,
     SOURCE_PROPERTY,
     UNIT,
     StabilityAssessor,
@@ -92,9 +93,7 @@ class ScreenModels:
         max_formula_length: int = MAX_FORMULA_LENGTH,
         stability: StabilityAssessor | None = None,
     ) -> ScreenModels:
-        to_run, wanted = models_to_run(
-            properties, registry.by_property, stability is not None, (E_ABOVE_HULL, *DERIVED_COLUMNS)
-        )
+        to_run, wanted = models_to_run(properties, registry.by_property, stability is not None, SCREEN_NAMES)
         return cls(registry.resolve(to_run), max_formula_length, stability if wanted else None)
 
     def describe(self) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,8 @@
 Result tables have one fixed schema per set of properties, whatever the chunk: index (the
 row's position in the input), formula, composition, then ``<property>`` and
 ``<property>_uncertainty`` for each property (null where a model gives no uncertainty or the
-formula was refused), then error_code and error_message.
+formula was refused; e_above_hull's ``p_stable`` and ``known``, a flag, come without one), then
+error_code and error_message.
 """
 
 from __future__ import annotations
@@ -54,19 +55,28 @@ def result_schema(properties: Sequence[str]) -> pa.Schema:
         pa.field("composition", pa.string()),
     ]
     for name in properties:
-        fields += [pa.field(name, pa.float64()), pa.field(f"{name}_uncertainty", pa.float64())]
+        fields += [pa.field(name, _TYPES.get(name, pa.float64()))]
+        if name not in DERIVED_COLUMNS:  # p_stable and known are e_above_hull's: no uncertainty
+            fields += [pa.field(f"{name}_uncertainty", pa.float64())]
     fields += [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
     return pa.schema(fields)
+
+
+# "known" is a flag (true where the composition is in the hull reference), not a number.
+_TYPES = {"known": pa.bool_()}
 
 
 def chunk_table(result: ChunkResult, properties: Sequence[str]) -> pa.Table:
     columns: list[Any] = [result.row_index, result.formulas, result.compositions]
     for name in properties:
         # from_pandas: NaN (no value, no uncertainty) becomes null, not the text "nan".
-        columns += [
-            pa.array(result.values[name], pa.float64(), from_pandas=True),
-            pa.array(result.uncertainties[name], pa.float64(), from_pandas=True),
-        ]
+        values = np.asarray(result.values[name], dtype=np.float64)
+        if name in _TYPES:
+            columns.append(pa.array(values == 1.0, _TYPES[name], mask=np.isnan(values)))
+        else:
+            columns.append(pa.array(values, pa.float64(), from_pandas=True))
+        if name not in DERIVED_COLUMNS:
+            columns.append(pa.array(result.uncertainties[name], pa.float64(), from_pandas=True))
     columns += [
         [None if error is None else error["code"] for error in result.errors],
         [None if error is None else error["message"] for error in result.errors],

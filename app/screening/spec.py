@@ -10,6 +10,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.schemas import PropertyName
 from app.screening.enumerate import MAX_ATOMS_LIMIT
 
 
@@ -24,6 +25,17 @@ class PropertyFilter(BaseModel):
     max: float | None = None
     max_uncertainty: float | None = Field(None, ge=0)
 
+    @model_validator(mode="after")
+    def _a_range_that_can_hold_a_value(self) -> Self:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}: no value could pass")
+        return self
+
+
+# Columns whose best rows are the highest, so a ranking by them starts there unless told otherwise:
+# "the 100 most likely stable" is what sort_by p_stable with top_k 100 means to a user.
+HIGHEST_FIRST = frozenset({"p_stable"})
+
 
 class ScreenRequest(BaseModel):
     """``{"chemsys", "max_atoms", "include_subsystems", ...}`` or ``{"formulas": [...], ...}``."""
@@ -31,14 +43,21 @@ class ScreenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     chemsys: str | None = Field(None, max_length=512, examples=["Li-Fe-O"])
-    max_atoms: int = Field(6, ge=1, le=MAX_ATOMS_LIMIT, description="atoms in the reduced formula")
+    # strict: true or "5" is a mistake in the request, not 1 or 5 atoms
+    max_atoms: int = Field(
+        6, ge=1, le=MAX_ATOMS_LIMIT, strict=True, description="atoms in the reduced formula"
+    )
     include_subsystems: bool = True
     formulas: list[str] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
-    properties: list[str] | None = Field(None, min_length=1, description="default: every served property")
-    sort_by: str | None = None
-    ascending: bool = True
+    properties: list[PropertyName] | None = Field(
+        None, min_length=1, description="default: every served property"
+    )
+    sort_by: PropertyName | None = None
+    ascending: bool | None = Field(
+        None, description="default: highest first for p_stable (most likely stable), lowest first otherwise"
+    )
     top_k: int | None = Field(None, ge=1, le=1_000_000)
-    filters: dict[str, PropertyFilter] = Field(default_factory=dict)
+    filters: dict[PropertyName, PropertyFilter] = Field(default_factory=dict)
     # Applies to every property whose model reports an uncertainty (ensembles); point models
     # have none, so it does not touch them.
     max_uncertainty: float | None = Field(None, ge=0)
@@ -49,6 +68,8 @@ class ScreenRequest(BaseModel):
             raise ValueError("give exactly one input: 'chemsys' (an enumeration) or 'formulas'")
         if self.top_k is not None and self.sort_by is None:
             raise ValueError("'top_k' needs 'sort_by': the best rows by which property?")
+        if self.ascending is None:
+            self.ascending = self.sort_by not in HIGHEST_FIRST
         return self
 
     def required_properties(self) -> list[str] | None:

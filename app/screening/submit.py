@@ -11,7 +11,7 @@ from app.inference.registry import ModelRegistry
 from app.screening.compute import ScreenModels
 from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
-from app.stability.assess import StabilityAssessor
+from app.stability.assess import SCREEN_NAMES, StabilityAssessor, models_to_run
 
 
 @dataclass
@@ -51,7 +51,8 @@ def prepare_screen(
     # with properties=None every served model is used, so only an unknown name is left to refuse.
     for name in [request.sort_by, *request.filters]:
         if name is not None and name not in models.properties:
-            registry.get(name)  # raises unknown_property, listing what is served
+            # raises unknown_property, listing what is served, e_above_hull and its columns included
+            models_to_run([name], registry.by_property, stability is not None, SCREEN_NAMES)
     described = models.describe()
     for name, bounds in request.filters.items():
         if bounds.max_uncertainty is not None and not described[name]["uncertainty"]:

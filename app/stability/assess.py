@@ -1,12 +1,15 @@
 """A predicted formation energy against the reference hull: ``e_above_hull`` and ``p_stable``.
 
 ``value`` = predicted formation energy - hull energy at the same composition (eV/atom; negative:
-predicted below the known hull). The hull is DFT data, so the value's uncertainty is the model's
-calibrated sigma, and ``p_stable`` = P(true energy <= hull): Phi(-value / sigma) under that
-Gaussian, mapped through the model's validation-fitted curve where its manifest has one
-(StabilityCalibration: the errors are heavy-tailed, so the bare Gaussian is overconfident at
-both ends). Compositions with an element that no reference compound contains get no value (the
-hull there would be the bare elements, not a comparison with known compounds) and say why.
+predicted below the known hull). A known stable compound is measured against the hull of the
+other compounds (app/stability/hull.py says why), so its value is a predicted decomposition
+enthalpy, and ``reference_value`` is the reference's own (DFT) answer beside it. The hull is DFT
+data, so the value's uncertainty is the model's calibrated sigma, and ``p_stable`` = P(true
+energy <= hull): Phi(-value / sigma) under that Gaussian, mapped through the model's
+validation-fitted curve where its manifest has one (StabilityCalibration: the errors are
+heavy-tailed, so the bare Gaussian is overconfident at both ends). Compounds with an element that
+no reference compound contains get no value (the hull there would be the bare elements, not a
+comparison with known compounds) and say why.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from app.errors import DomainError
 from app.inference.manifest import StabilityCalibration
 from app.inference.results import Interval
-from app.stability.hull import HullCache
+from app.stability.hull import HullCache, SystemHull
 from app.stability.reference import HullReference
 
 E_ABOVE_HULL = "e_above_hull"
@@ -32,10 +35,13 @@ UNIT = "eV/atom"
 # Columns a screen carries beside e_above_hull (sortable and filterable like properties):
 # the probability of being stable, and 1.0 where the composition is in the reference.
 DERIVED_COLUMNS = ("p_stable", "known")
-# The largest chemical system a hull is built for. PhaseDiagram's cost grows steeply with the
-# dimension: the shipped reference's largest 8-element system (1,079 compounds) takes 3.4 s, a
-# 12-element one minutes. 17 of its 85,014 compounds have 8 or 9 elements.
-MAX_HULL_ELEMENTS = 8
+# Every name a screen accepts for stability (to compute, rank or filter by).
+SCREEN_NAMES = (E_ABOVE_HULL, *DERIVED_COLUMNS)
+# The largest chemical system a hull is built for: qhull's cost grows steeply with the dimension,
+# and one request must not take a core for seconds. On the shipped reference (2026-12-02, one core):
+# 7 elements 40-390 ms (Li-Mn-Fe-Co-Ni-P-O, 1,407 compounds: 390 ms); 8 elements 2-4 s
+# (Li-Mn-Fe-Co-Ni-P-S-O, 1,586: 4.2 s). 17 of its 85,014 compounds have 8 or 9 elements.
+MAX_HULL_ELEMENTS = 7
 
 
 def models_to_run(
@@ -66,6 +72,15 @@ def models_to_run(
     if properties is None:
         return None, wanted
     to_run = [name for name in properties if name not in derived_names]
+    unknown = [name for name in to_run if name not in served]
+    if unknown:  # named here, where the derived names are known too, so the list is complete
+        listed = sorted([*served, *derived_names]) if available else sorted(served)
+        raise DomainError(
+            "unknown_property",
+            f"unknown property {unknown[0]!r}; available: {', '.join(listed) or 'none'}",
+            property=unknown[0],
+            available=listed,
+        )
     if wanted and SOURCE_PROPERTY not in to_run:
         to_run.append(SOURCE_PROPERTY)
     return to_run, wanted
@@ -86,6 +101,8 @@ class StabilityPrediction:
     decomposition: dict[str, float] | None  # competing phases -> share of the atoms
     known: bool  # the composition itself is in the reference
     reference: dict[str, str]  # name and sha256 (first 12) of the hull data
+    # A known compound's own reference (DFT) energy above the same hull: what value predicts.
+    reference_value: float | None = None
     error: dict[str, Any] | None = None  # why there is no value (elements outside the reference)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,12 +155,12 @@ class StabilityAssessor:
     def why_not(self, system: frozenset[str]) -> dict[str, Any] | None:
         """Why a composition of ``system`` gets no e_above_hull (an error body), or None if it does.
 
-        The one place the two rules live: every element must be in some reference compound (else
-        the hull would be the bare elements), and at most MAX_HULL_ELEMENTS elements (a hull's cost
-        grows steeply with its dimension: 12 elements took minutes).
+        The one place the two rules live: every element of a compound must be in some reference
+        compound (else the hull would be the bare elements), and at most MAX_HULL_ELEMENTS
+        elements (a hull's cost grows steeply with its dimension: 12 elements took minutes).
         """
         missing = sorted(system - self._elements)
-        if missing:
+        if missing and len(system) > 1:  # a bare element is its own hull's terminal point, known or not
             return {
                 "code": "outside_hull_reference",
                 "message": f"no compound of the hull reference contains {', '.join(missing)}",
@@ -178,10 +195,9 @@ class StabilityAssessor:
             if self.why_not(system) is not None:
                 continue
             rows = np.flatnonzero(group.reshape(-1) == index)
-            hull = self.hulls.get(system)
-            columns = [list(elements).index(element) for element in hull.elements]
+            columns = [list(elements).index(element) for element in sorted(system)]  # the hull's order
             counts = amounts[np.ix_(rows, columns)]
-            energies[rows] = hull.energy(counts / counts.sum(axis=1, keepdims=True))[0]
+            energies[rows] = self.hulls.evaluate(system, counts / counts.sum(axis=1, keepdims=True))[0]
         return energies
 
     def above_hull(
@@ -205,19 +221,23 @@ class StabilityAssessor:
 
     def _hull_energies_and_facets(
         self, amounts: Sequence[Mapping[str, float]]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, list[SystemHull | None]]:
+        """(hull energy, facet, the hull it was measured on) per row; NaN, -1, None where none."""
         count = len(amounts)
         energies = np.full(count, np.nan)
         facets = np.full(count, -1, dtype=np.int64)
+        hulls: list[SystemHull | None] = [None] * count
         groups: dict[frozenset[str], list[int]] = {}
         for row, composition in enumerate(amounts):
             groups.setdefault(frozenset(composition), []).append(row)
         for system, rows in groups.items():
             if self.why_not(system) is not None:
                 continue
-            hull = self.hulls.get(system)
-            energies[rows], facets[rows] = hull.energy(hull.fractions([amounts[row] for row in rows]))
-        return energies, facets
+            fractions = self.hulls.get(system).fractions([amounts[row] for row in rows])
+            energies[rows], facets[rows], used = self.hulls.evaluate(system, fractions)
+            for row, hull in zip(rows, used, strict=True):
+                hulls[row] = hull
+        return energies, facets, hulls
 
     def assess(
         self,
@@ -230,7 +250,7 @@ class StabilityAssessor:
         sigma = np.array(
             [np.nan if s.uncertainty is None else s.uncertainty for s in sources], dtype=np.float64
         )
-        hull_energy, facets = self._hull_energies_and_facets(amounts)
+        hull_energy, facets, hulls = self._hull_energies_and_facets(amounts)
         sizes = np.array([len(composition) for composition in amounts])
         above, probability = self.above_hull(predicted, sigma, hull_energy, sizes)
         known = self.known(keys)
@@ -250,9 +270,10 @@ class StabilityAssessor:
                 reference=self._described,
                 error=self.why_not(frozenset(composition)),
             )
-            if math.isfinite(above[row]):
-                hull = self.hulls.get(frozenset(composition))
+            hull = hulls[row]
+            if hull is not None and math.isfinite(above[row]):
                 fractions = hull.fractions([composition])[0]
+                own = self.reference.energy_of(keys[row])
                 element = sizes[row] == 1  # on the hull by definition: no uncertainty at all
                 interval = source.interval
                 if interval is not None:  # e_above_hull = energy - hull energy: the same shift
@@ -268,6 +289,11 @@ class StabilityAssessor:
                     interval=interval,
                     p_stable=float(probability[row]),
                     decomposition=hull.decomposition(fractions, int(facets[row])),
+                    reference_value=None
+                    if own is None
+                    else 0.0
+                    if element
+                    else own - float(hull_energy[row]),
                 )
             answers.append(answer)
         return answers

@@ -12,7 +12,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from app.chemistry.formula import parse_formula
+from app.errors import DomainError
+from app.stability.assess import MAX_HULL_ELEMENTS
+from app.stability.hull import lower_facets
 from app.stability.reference import HullReference
 
 
@@ -27,10 +32,18 @@ class Candidate:
 def predicted_hull(
     reference: HullReference, elements: Sequence[str], candidates: Iterable[Candidate]
 ) -> dict[str, Any]:
+    """The predicted hull; DomainError ``too_many_elements_for_hull`` past MAX_HULL_ELEMENTS (a
+    10-element screen's hull kept a core busy for over nine minutes)."""
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
 
     system = sorted(set(elements))
+    if len(system) > MAX_HULL_ELEMENTS:
+        raise DomainError(
+            "too_many_elements_for_hull",
+            f"{len(system)} elements; hulls are built for at most {MAX_HULL_ELEMENTS}",
+            limit=MAX_HULL_ELEMENTS,
+        )
     entries = [PDEntry(Composition({element: 1}), 0.0, name=element, attribute=None) for element in system]
     for position in reference.within(system):
         composition = Composition(reference.amounts[position])
@@ -48,7 +61,7 @@ def predicted_hull(
         composition = Composition(parse_formula(candidate.composition).amount_dict)
         energy = candidate.formation_energy * composition.num_atoms
         entries.append(PDEntry(composition, energy, name=candidate.composition, attribute=candidate))
-    diagram = PhaseDiagram(entries)
+    diagram = PhaseDiagram(on_the_lower_hull(entries, system))
     phases = []
     for entry in diagram.stable_entries:
         predicted = isinstance(entry.attribute, Candidate)
@@ -70,3 +83,16 @@ def predicted_hull(
         "candidates_below_known_hull": len(below),
         "phases": phases,
     }
+
+
+def on_the_lower_hull(entries: list[Any], system: Sequence[str]) -> list[Any]:
+    """The entries that are vertices of the lower hull (the elements always): PhaseDiagram's
+    stable entries come out the same, from a few entries instead of every compound of the system
+    (most of its time is pymatgen's work per entry). Every entry where qhull cannot tell."""
+    fractions = np.array([[entry.composition.get_atomic_fraction(e) for e in system] for entry in entries])
+    energies = np.array([entry.energy_per_atom for entry in entries])
+    facets = lower_facets(fractions, energies)
+    if facets is None:
+        return entries
+    kept = set(np.unique(facets).tolist()) | set(range(len(system)))  # the elements come first
+    return [entry for index, entry in enumerate(entries) if index in kept]

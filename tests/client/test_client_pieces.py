@@ -89,13 +89,13 @@ def test_an_interval_and_unknown_fields_get_columns_and_the_level_goes_to_attrs(
         "formation_enthalpy_high",
         "e_above_hull",
         "e_above_hull_uncertainty",
-        "e_above_hull_p_stable",
+        "p_stable",  # named as the service's CSV and a screen's sort_by name it
         "error_code",
         "error_message",
     ]
     assert frame.loc[0, ["formation_enthalpy_low", "formation_enthalpy_high"]].tolist() == [-1.7, -1.3]
-    assert frame.loc[1, ["formation_enthalpy_low", "e_above_hull_p_stable"]].isna().all()
-    assert frame.loc[0, "e_above_hull_p_stable"] == 0.4 and np.isnan(frame.loc[0, "e_above_hull_uncertainty"])
+    assert frame.loc[1, ["formation_enthalpy_low", "p_stable"]].isna().all()
+    assert frame.loc[0, "p_stable"] == 0.4 and np.isnan(frame.loc[0, "e_above_hull_uncertainty"])
     assert frame.attrs["models"]["formation_enthalpy"] == {
         "model": "m",
         "version": "v1",

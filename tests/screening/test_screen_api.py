@@ -170,13 +170,18 @@ async def test_results_as_csv_and_parquet_hold_the_json_rows(client):
         ({"chemsys": "Li-O", "sort_by": "hardness"}, 422, "unknown_property"),
         ({"chemsys": "Li-O", "filters": {"band_gap": {"max_uncertainty": 0.1}}}, 422, "no_uncertainty"),
         ({"chemsys": "Li-O", "max_atoms": 1, "include_subsystems": False}, 422, "empty_screen"),
+        # a mistake, not 1 or 5 atoms; a range nothing can pass; a name no property could have
+        ({"chemsys": "Li-O", "max_atoms": True}, 422, "invalid_request"),
+        ({"chemsys": "Li-O", "max_atoms": "5"}, 422, "invalid_request"),
+        ({"chemsys": "Li-O", "filters": {"band_gap": {"min": 5, "max": 1}}}, 422, "invalid_request"),
+        ({"chemsys": "Li-O", "sort_by": "x" * 100_000}, 422, "invalid_request"),
     ],
 )
 async def test_bad_screens_are_refused_before_queueing(client, body: dict, status: int, code: str):
     response = await client.post("/screen", json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["code"] == code
+    assert error["code"] == code and len(response.content) < 10_000  # nothing huge echoed back
     if code == "too_many_compositions":
         space = ChemicalSpace.from_chemsys(body["chemsys"], body["max_atoms"])
         assert error["count"] == space.count() and error["limit"] == 10_000_000

@@ -90,3 +90,22 @@ async def test_result_offsets_beyond_64_bits_are_422_not_a_database_error(client
     last = await client.get(results, params={"offset": 2**63 - 1})  # the largest a database takes
     assert last.status_code == 200, last.text
     assert last.json()["results"] == [] and last.json()["count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sort_by", "ascending", "expected"),
+    [
+        ("p_stable", None, False),
+        ("e_above_hull", None, True),
+        ("band_gap", None, True),
+        ("p_stable", True, True),
+    ],
+)
+def test_a_ranking_starts_from_the_columns_best_end_unless_told(sort_by, ascending, expected):
+    """top_k by p_stable means the most likely stable; by an energy, the lowest. A job records the
+    order it used, so a resumed or paged job never reads it differently."""
+    from app.screening.spec import ScreenRequest
+
+    options = {} if ascending is None else {"ascending": ascending}
+    request = ScreenRequest(chemsys="Li-O", sort_by=sort_by, top_k=5, **options)
+    assert request.ascending is expected and request.model_dump()["ascending"] is expected

@@ -24,26 +24,55 @@ def source(value: float, sigma: float | None = 0.1) -> PropertyPrediction:
 def test_a_two_element_hull_matches_the_one_drawn_on_paper(paper_reference):
     reference = load_reference(paper_reference)
     assessor = StabilityAssessor(reference)
-    parsed = [parse_formula(text) for text in ("Li2O2", "LiO2", "Li2O", "Li")]
+    parsed = [parse_formula(text) for text in ("Li2O2", "LiO2", "Li2O3", "Li2O", "Li")]
     # Li2O2 predicted at its reference energy (above the hull), LiO2 below the hull (-1.0 there on
-    # paper: Li2O -> O), Li2O on it, and Li, whose model prediction (0.05) does not count: an
-    # element is the hull's terminal point, 0 by definition.
-    predicted = [source(-1.4), source(-1.2), source(-2.0), source(0.05)]
+    # paper: Li2O -> O), Li2O3 exactly on it (-1.2 at x_O = 0.6), Li2O (known, stable) against the
+    # hull of the others, and Li, whose model prediction (0.05) does not count: an element is the
+    # hull's terminal point, 0 by definition.
+    predicted = [source(-1.4), source(-1.2), source(-1.2), source(-1.9), source(0.05)]
     answers = assessor.assess([p.canonical_key for p in parsed], [p.amount_dict for p in parsed], predicted)
-    above, below, on, element = answers
+    above, below, on, stable, element = answers
     assert above.value == pytest.approx(0.1) and above.known is True
-    assert above.decomposition == pytest.approx({"Li2O": 0.75, "O2": 0.25})
-    assert below.value == pytest.approx(-0.2) and below.known is False
-    assert below.decomposition == pytest.approx({"Li2O": 0.5, "O2": 0.5})
+    assert above.decomposition == pytest.approx({"Li2O": 0.75, "O": 0.25})
+    assert above.reference_value == pytest.approx(0.1)  # its own DFT energy sits 0.1 above the hull too
+    assert below.value == pytest.approx(-0.2) and below.known is False and below.reference_value is None
+    assert below.decomposition == pytest.approx({"Li2O": 0.5, "O": 0.5})
     assert below.p_stable == pytest.approx(p_stable(np.array([-0.2]), np.array([0.1]))[0])
     assert below.p_stable > 0.97 and above.p_stable < 0.2
-    assert on.value == pytest.approx(0.0, abs=1e-12) and on.decomposition == pytest.approx({"Li2O": 1.0})
-    assert on.p_stable == pytest.approx(0.5) and on.known is True
+    assert on.value == pytest.approx(0.0, abs=1e-12) and on.decomposition == pytest.approx(
+        {"Li2O": 0.6, "O": 0.4}
+    )
+    assert on.p_stable == pytest.approx(0.5) and on.known is False
+    # Without Li2O the hull at x_O = 1/3 runs Li -> Li2O2: -1.4 * (1/3) / (1/2). Against its own
+    # point Li2O could never be below the hull, and its answer would be the model's error alone.
+    hull_of_the_others = -1.4 * 2 / 3
+    assert stable.known is True and stable.value == pytest.approx(-1.9 - hull_of_the_others)
+    assert stable.reference_value == pytest.approx(-2.0 - hull_of_the_others)
+    assert stable.decomposition == pytest.approx(
+        {"LiO": 2 / 3, "Li": 1 / 3}
+    )  # Li2O2: its key and stable.p_stable > 0.99
     assert element.value == 0.0 and element.p_stable == 1.0 and element.uncertainty == 0.0
     assert element.decomposition == pytest.approx({"Li": 1.0}) and element.known is True
+    assert element.reference_value == 0.0
     assert all(
         answer.reference == {"name": "li-o.csv", "sha256": reference.sha256[:12]} for answer in answers
     )
+
+
+def test_a_known_stable_compound_in_an_enumeration_is_measured_against_the_others_too(paper_reference):
+    assessor = StabilityAssessor(load_reference(paper_reference))
+    rows = [{"Li": 2, "O": 1}, {"Li": 1, "O": 1}, {"Li": 1, "O": 2}]
+    expected = [-1.4 * 2 / 3, -1.5, -1.0]  # Li2O against Li -> Li2O2; the others against the full hull
+    assert assessor.hull_energies(rows) == pytest.approx(expected)
+    matrix = assessor.hull_energy_matrix(["O", "Li"], np.array([[1, 2], [1, 1], [2, 1]]))
+    assert matrix == pytest.approx(expected)
+
+
+def test_an_element_outside_the_reference_is_still_its_own_hull(paper_reference):
+    assessor = StabilityAssessor(load_reference(paper_reference))
+    (xenon,) = assessor.assess(["Xe"], [{"Xe": 1}], [source(0.3)])
+    assert xenon.value == 0.0 and xenon.p_stable == 1.0 and xenon.error is None
+    assert xenon.decomposition == {"Xe": 1.0}
 
 
 def test_the_hull_ignores_compounds_of_other_systems_and_can_leave_one_out(paper_reference):
@@ -70,7 +99,7 @@ def test_an_enumeration_row_gets_what_predict_gets_even_beside_an_element_outsid
     )
     assert np.array_equal(np.isnan(per_row), np.isnan(matrix)) and np.isnan(matrix[2])
     assert matrix[~np.isnan(matrix)] == pytest.approx(per_row[~np.isnan(per_row)])
-    assert matrix[:2] == pytest.approx([-2.0, -1.5])
+    assert matrix[:2] == pytest.approx([-1.4 * 2 / 3, -1.5])  # Li2O: against the others
 
 
 def test_a_system_past_the_element_limit_gets_a_reason_not_a_hull(paper_reference):
@@ -153,12 +182,19 @@ def test_hulls_of_the_shipped_reference_give_bartels_dft_decomposition_enthalpie
     assert np.abs(ours - published).max() < 3e-3  # eV/atom: MP's own rounding of energies
     assert (np.sign(ours) == np.sign(published)).mean() == 1.0
     assert 0.2 < (published <= 0).mean() < 0.7  # the sample holds stable and unstable compounds
+    # The service's answer for a known compound predicted at exactly its DFT energy is the same
+    # ΔHd: what /predict calls reference_value, and its value when the model is right.
+    keys = [reference.keys[p] for p in positions]
+    exact = [source(float(reference.energies[p])) for p in positions]
+    answers = StabilityAssessor(reference).assess(keys, [reference.amounts[p] for p in positions], exact)
+    assert [a.value for a in answers] == pytest.approx(list(ours), abs=1e-9)
+    assert [a.reference_value for a in answers] == pytest.approx(list(ours), abs=1e-9)
 
 
 def test_hulls_built_from_the_points_on_them_equal_pymatgens_hull_of_every_compound():
-    """build_hull hands PhaseDiagram only the compounds on or near the lower hull: on 120 real
-    systems of the shipped reference (2-5 elements), its hull energy at every compound of the
-    system equals the hull of PhaseDiagram given every compound, and so do the stable phases."""
+    """build_hull takes its facets from scipy's qhull, not from PhaseDiagram: on 120 real systems
+    of the shipped reference (2-5 elements), its hull energy at every compound of the system
+    equals the hull of PhaseDiagram given every compound, and so do the stable phases."""
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
 
@@ -181,7 +217,7 @@ def test_hulls_built_from_the_points_on_them_equal_pymatgens_hull_of_every_compo
         ours = hull.energy(fractions)[0]
         theirs = [full.get_hull_energy_per_atom(Composition(reference.amounts[p])) for p in positions]
         assert ours == pytest.approx(theirs, abs=1e-9), order
-        stable = {entry.composition.reduced_formula for entry in full.stable_entries}
+        stable = {parse_formula(entry.composition.formula).canonical_key for entry in full.stable_entries}
         assert set(hull.vertex_names) == stable, order
         compared += len(positions)
     assert compared > 1000
@@ -193,3 +229,17 @@ def test_the_shipped_reference_matches_its_metadata():
     assert reference.metadata["licence"] and reference.metadata["citations"]
     assert reference.energy_of("LiFePO4") is not None and reference.energy_of("Fe") == 0.0
     assert Path(str(reference.metadata["source"]).split(" ", 1)[0]).suffix == ".whl"
+
+
+def test_the_predicted_hull_refuses_a_system_past_the_element_limit(paper_reference):
+    """A 10-element screen's predicted hull once kept a core busy for over nine minutes."""
+    from app.errors import DomainError
+    from app.stability.predicted_hull import predicted_hull
+
+    reference = load_reference(paper_reference)
+    elements = ["Li", "O", "Na", "K", "Mg", "Ca", "Fe", "Co"][: MAX_HULL_ELEMENTS + 1]
+    started = time.perf_counter()
+    with pytest.raises(DomainError) as refused:
+        predicted_hull(reference, elements, [])
+    assert refused.value.code == "too_many_elements_for_hull" and time.perf_counter() - started < 1.0
+    assert predicted_hull(reference, ["Li", "O"], [])["phases"]  # within the limit it answers

@@ -38,7 +38,7 @@ async def test_predict_answers_e_above_hull_from_the_mp_model_and_the_reference(
     assert stability["value"] == pytest.approx(source["value"] - HULL_AT_HALF_OXYGEN, abs=1e-6)
     assert stability["uncertainty"] == source["uncertainty"] and stability["uncertainty"] > 0
     assert stability["p_stable"] == pytest.approx(ndtr(-stability["value"] / stability["uncertainty"]))
-    assert stability["decomposition"] == pytest.approx({"Li2O": 0.75, "O2": 0.25})
+    assert stability["decomposition"] == pytest.approx({"Li2O": 0.75, "O": 0.25})
     assert stability["known"] is True and stability["unit"] == "eV/atom" and stability["error"] is None
     assert stability["model"] == source["model"] and stability["version"] == source["version"]
     assert stability["reference"]["name"] == "li-o.csv" and len(stability["reference"]["sha256"]) == 12
@@ -100,8 +100,13 @@ async def test_batch_json_csv_and_ndjson_carry_the_stability_fields(settings):
     assert [row["formula"] for row in rows] == formulas
     assert float(rows[0]["e_above_hull"]) == results[0]["predictions"]["e_above_hull"]["value"]
     assert float(rows[0]["p_stable"]) == results[0]["predictions"]["e_above_hull"]["p_stable"]
-    assert rows[0]["decomposition"] == "0.75 Li2O + 0.25 O2" and rows[0]["known"] == "true"
-    assert rows[1]["e_above_hull"] == "" and rows[3]["decomposition"] == "1 Li2O"
+    assert rows[0]["decomposition"] == "0.75 Li2O + 0.25 O" and rows[0]["known"] == "true"
+    # Li2O, known and stable, against the hull of the others (Li -> Li2O2, keyed LiO): the same in
+    # CSV as in JSON, with the reference's own value beside the prediction.
+    assert rows[1]["e_above_hull"] == "" and rows[3]["decomposition"] == "0.6667 LiO + 0.3333 Li"
+    li2o = results[3]["predictions"]["e_above_hull"]
+    assert float(rows[3]["reference_value"]) == li2o["reference_value"] == pytest.approx(-2.0 + 1.4 * 2 / 3)
+    assert rows[0]["reference_value"] == "0.1" or float(rows[0]["reference_value"]) == pytest.approx(0.1)
     assert rows[2]["error_code"] == "unknown_element"
 
 
@@ -123,3 +128,17 @@ async def test_a_bad_reference_stops_the_start_up_naming_the_row(mp_models_dir, 
     ):
         async with serve(make_settings(mp_models_dir, f"sqlite:///{tmp_path / 'c.db'}", hull_reference=bad)):
             pass
+
+
+async def test_an_unknown_property_lists_e_above_hull_among_the_available_ones(settings):
+    async with serve(settings) as (_, client):
+        unknown = await client.post("/predict", json={"formula": "Li2O", "properties": ["hardness"]})
+        screen = await client.post("/screen", json={"chemsys": "Li-O", "sort_by": "hardness"})
+        long = await client.post("/predict", json={"formula": "Li2O", "properties": ["x" * 1_000_000]})
+    for refused in (unknown, screen):
+        error = refused.json()["error"]
+        assert refused.status_code == 422 and error["code"] == "unknown_property"
+        assert "e_above_hull" in error["available"] and "e_above_hull" in error["message"]
+    # A name no property could have is refused by its length, and not echoed back a megabyte long.
+    assert long.status_code == 422 and long.json()["error"]["code"] == "invalid_request"
+    assert len(long.content) < 10_000

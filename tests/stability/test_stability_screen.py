@@ -64,7 +64,9 @@ async def test_a_chemsys_screen_ranks_by_e_above_hull_and_builds_the_predicted_h
     assert hull["candidates_below_known_hull"] == len(below - {"Li2O", "LiO", "O", "Li"})
     table = list(csv.DictReader(io.StringIO(as_csv)))
     assert [float(r["e_above_hull"]) for r in table] == pytest.approx(values)
-    assert {r["known"] for r in table} == {"1", "0"} and all(r["p_stable"] for r in table)
+    # known is a flag, written as /predict/batch's CSV writes it; the companions have no uncertainty.
+    assert {r["known"] for r in table} == {"true", "false"} and all(r["p_stable"] for r in table)
+    assert "p_stable_uncertainty" not in table[0] and "known_uncertainty" not in table[0]
 
 
 async def test_p_stable_sorts_and_filters_like_a_property(mp_models_dir, paper_reference, tmp_path):
@@ -133,7 +135,18 @@ def test_ibrnet_predict_answers_e_above_hull_in_process(mp_models_dir, paper_ref
     predictions = json.loads(done.stdout)["results"][0]["predictions"]
     stability = predictions["e_above_hull"]
     assert stability["value"] == pytest.approx(predictions["formation_energy_mp"]["value"] + 1.5, abs=1e-6)
-    assert stability["decomposition"] == {"Li2O": 0.75, "O2": 0.25} and stability["known"] is True
+    assert stability["decomposition"] == {"Li2O": 0.75, "O": 0.25} and stability["known"] is True
+    table = subprocess.run(
+        [*command[:-1], "--properties", "e_above_hull"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert table.returncode == 0, table.stderr
+    # The table gives the probability beside the value, as a scientist reads a stability answer.
+    assert f"p_stable {stability['p_stable']:.2f} known" in table.stdout.splitlines()[-1]
 
 
 def test_the_python_client_gives_stability_columns_for_predictions_and_screens(
@@ -146,11 +159,13 @@ def test_the_python_client_gives_stability_columns_for_predictions_and_screens(
     ):
         frame = client.predict(["Li2O2", "NaCl"], progress=False)
         screened = client.screen(chemsys="Li-O", max_atoms=4, sort_by="p_stable", progress=False)
-    assert frame.loc[0, "e_above_hull_p_stable"] > 0 and frame.loc[0, "e_above_hull_known"] == True  # noqa: E712
-    assert frame.loc[0, "e_above_hull_decomposition"] == {"Li2O": 0.75, "O2": 0.25}
+    assert frame.loc[0, "p_stable"] > 0 and frame.loc[0, "known"] == True  # noqa: E712
+    assert frame.loc[0, "decomposition"] == {"Li2O": 0.75, "O": 0.25}
     assert (
         pd.isna(frame.loc[1, "e_above_hull"])
         and frame.loc[1, "e_above_hull_error"]["code"] == "outside_hull_reference"
     )
-    assert "p_stable" not in screened.columns and screened["e_above_hull_p_stable"].notna().all()
-    assert list(screened["e_above_hull_p_stable"]) == sorted(screened["e_above_hull_p_stable"])
+    # The screen's frame names the column as its sort_by does, and p_stable ranks highest first.
+    assert "e_above_hull_p_stable" not in screened.columns and screened["p_stable"].notna().all()
+    assert list(screened["p_stable"]) == sorted(screened["p_stable"], reverse=True)
+    assert screened["p_stable"].iloc[0] > screened["p_stable"].iloc[-1]

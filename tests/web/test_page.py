@@ -210,7 +210,7 @@ def test_stability_fields_and_the_predicted_hull_are_shown(page, server, screens
     stability = served["predictions"]["e_above_hull"]
     assert float(value_of(row, "[data-role=value]")) == stability["value"]
     text = row.inner_text()
-    assert "P(stable)" in text and "known compound" in text and "Li2O" in text and "O2" in text
+    assert "P(stable)" in text and "known compound, reference" in text and "Li2O" in text
     # A binary screen ranked by e_above_hull: the map draws the predicted hull as its own trace.
     _run_screen(page, "Li-O", 6, "e_above_hull")
     page.wait_for_selector("#screen-job[data-status=succeeded]", timeout=120_000)

@@ -173,8 +173,9 @@ function screenRequest() {
   const body = {
     chemsys: $("screen-chemsys").value.trim(),
     max_atoms: Number($("screen-max-atoms").value),
-    ascending: $("screen-order").value === "asc",
   };
+  // Left out, the service picks the column's natural order (most likely stable first for p_stable).
+  if ($("screen-order").value) body.ascending = $("screen-order").value === "asc";
   if ($("screen-sort").value) body.sort_by = $("screen-sort").value;
   if ($("screen-top-k").value) body.top_k = Number($("screen-top-k").value);
   return withProperties(body, form);

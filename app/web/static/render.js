@@ -87,11 +87,15 @@ export function intervalText(interval) {
   return `${formatNumber(interval.low)} … ${formatNumber(interval.high)}${level}`;
 }
 
-// Fields a derived property may add (stability: p_stable, known); shown when the service sends them.
+// Fields a derived property may add (stability: p_stable, known, reference_value); shown when sent.
 function extrasText(prediction) {
   const parts = [];
   if (prediction.p_stable !== undefined && prediction.p_stable !== null) parts.push(`P(stable) ${formatNumber(prediction.p_stable)}`);
-  if (prediction.known) parts.push("known compound");
+  if (prediction.known) {
+    // The reference's own (DFT) answer against the same hull, beside the prediction.
+    const own = prediction.reference_value;
+    parts.push(own === undefined || own === null ? "known compound" : `known compound, reference ${formatNumber(own)}`);
+  }
   if (prediction.decomposition) {
     const phases = Object.entries(prediction.decomposition).map(([phase, share]) => `${formatNumber(share)} ${phase}`);
     parts.push(`hull: ${phases.join(" + ")}`);

@@ -87,7 +87,7 @@ export function resultsCsv(rows) {
   const stability = properties.filter((p) => rows.some((row) => row.predictions?.[p]?.p_stable !== undefined));
   for (const p of properties) {
     header.push(`${p} (${units[p]})`, `${p}_uncertainty`);
-    if (stability.includes(p)) header.push("p_stable", "known", "decomposition");
+    if (stability.includes(p)) header.push("p_stable", "known", "reference_value", "decomposition");
   }
   header.push("error_code", "error_message");
   const lines = [header.map(csvText).join(",")];
@@ -98,7 +98,12 @@ export function resultsCsv(rows) {
       cells.push(csvNumber(prediction?.value), csvNumber(prediction?.uncertainty));
       if (stability.includes(p)) {
         const phases = Object.entries(prediction?.decomposition ?? {}).map(([phase, share]) => `${share} ${phase}`);
-        cells.push(csvNumber(prediction?.p_stable), prediction ? String(Boolean(prediction.known)) : "", csvText(phases.join(" + ")));
+        cells.push(
+          csvNumber(prediction?.p_stable),
+          prediction ? String(Boolean(prediction.known)) : "",
+          csvNumber(prediction?.reference_value),
+          csvText(phases.join(" + ")),
+        );
       }
     }
     cells.push(csvText(row.error?.code ?? ""), csvText(row.error?.message ?? ""));
