@@ -12,19 +12,20 @@ committed progress. A graceful stop hands the job back to the queue at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from app.errors import DomainError
 from app.inference.registry import ModelRegistry
 from app.screening.compute import ChunkResult, ScreenModels, passes_filters, rank_within
-from app.screening.sources import source_for
+from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
 from app.stability.assess import E_ABOVE_HULL, StabilityAssessor
@@ -147,7 +148,8 @@ class ScreeningRunner:
                 continue
             self.current_job = job.id
             try:
-                self._run(job)
+                with self._heartbeat(job):  # from the claim on: loading the models can outlast a lease
+                    self._run(job)
             except StoreUnavailable as error:  # only while stopping: the lease brings the job back
                 logger.warning("screening job %s left to its lease: %s", job.id, error)
             except Exception:  # a bug must fail one job, never the runner
@@ -169,6 +171,35 @@ class ScreeningRunner:
             self._finish(job, FAILED, f"{error.code}: {error.message}")
             return
         ranking = Ranking(request.ascending, request.top_k) if request.sort_by is not None else None
+        self._run_chunks(job, request, models, source, ranking)
+
+    @contextlib.contextmanager
+    def _heartbeat(self, job: Job) -> Iterator[None]:
+        """Renew the job's lease every third of it while it runs. Commits renew it too, but one
+        chunk can outlast the lease (a chunk of new chemical systems, a slow database), and another
+        worker would then take the job over and compute the same rows beside this one."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    renewed = self.jobs.renew(job.id, self.owner)
+                    if not renewed:
+                        return  # cancelled or no longer ours: the next commit says so too
+                except Exception as error:  # an outage: the commit's retries deal with it
+                    logger.warning("screening job %s: lease not renewed: %s", job.id, error)
+
+        thread = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _run_chunks(
+        self, job: Job, request: ScreenRequest, models: ScreenModels, source: Source, ranking: Ranking | None
+    ) -> None:
         done = job.done
         turn_started = time.monotonic()
         for chunk in source.results(models, start=done, chunk_size=self.chunk_size):

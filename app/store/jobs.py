@@ -6,8 +6,9 @@ killed at any instant leaves either both or neither, so a restarted runner resum
 and the primary key (job_id, row_index) makes a duplicate row impossible even if two runners
 ever raced.
 
-Runners hold a job through a lease (owner + heartbeat, renewed by every commit). A job whose
-runner died (kill -9) is taken over once its heartbeat is older than the lease.
+Runners hold a job through a lease (owner + heartbeat, renewed by every commit and every third of
+the lease by the runner's heartbeat thread). A job whose runner died (kill -9) is taken over once
+its heartbeat is older than the lease.
 """
 
 from __future__ import annotations
@@ -325,6 +326,11 @@ class JobStore:
                 connection.execute(insert(ScreeningResultRecord), values)
             if ranking is not None and ranking.top_k is not None:
                 _keep_top_k(connection, job_id, ranking)
+            # The lease counts from the end of a long write: a claim that waited for this
+            # transaction judged the heartbeat by its own earlier clock, and took a live job over.
+            connection.execute(
+                update(ScreeningJobRecord).where(_JOBS.c.id == job_id).values(heartbeat=time.time())
+            )
         return True
 
     def finish(self, job_id: str, owner: str, status: str, error: str | None = None) -> bool:
