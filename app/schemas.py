@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator
 
+from app.chemistry.formula import NotAString
 from app.inference.manifest import Architecture, DatasetInfo, FeatureSpec, Output, SplitMetrics, TrainingInfo
 
 # A property name is a short identifier; a longer one is refused before it is looked up (and echoed
 # back in an unknown_property message).
 MAX_PROPERTY_NAME_LENGTH = 64
 PropertyName = Annotated[str, Field(min_length=1, max_length=MAX_PROPERTY_NAME_LENGTH)]
+
+
+def _as_formula_text(value: object, validate_str: ValidatorFunctionWrapHandler) -> str:
+    # Around the str validation, not before it: that would turn a NotAString into a plain str.
+    return validate_str(value) if isinstance(value, str) else NotAString.of(value)
+
+
+# One batch item: a string, or anything else refused alone by the parser (invalid_formula), so one
+# wrong-typed item never fails the batch.
+FormulaItem = Annotated[str, WrapValidator(_as_formula_text)]
 
 PROPERTIES_DESCRIPTION = (
     "Properties to predict (e.g. formation_enthalpy, band_gap); all served properties when omitted. "
@@ -40,7 +51,7 @@ class BatchPredictRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"formulas": ["Fe2O3", "NaCl", "GaAs"]}]}
     )
 
-    formulas: list[str] = Field(
+    formulas: list[FormulaItem] = Field(
         description="Formulas, answered in this order. At most IBRNET_MAX_BATCH_ITEMS (default 100,000); "
         "more is refused with 413 too_many_items."
     )

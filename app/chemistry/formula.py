@@ -89,6 +89,31 @@ class FormulaError(DomainError):
     """A formula the service refuses. ``code`` says why, ``message`` names the bad part."""
 
 
+class NotAString(str):
+    """A batch item that was not a JSON string (1, null, ["x"]), carried as its JSON text so that it
+    is refused alone, by parse_formula, instead of failing the whole batch's validation."""
+
+    kind: str  # "a number", "null", "an array", ...
+
+    @classmethod
+    def of(cls, value: object) -> NotAString:
+        import json
+
+        text = cls(json.dumps(value, default=str)[:100])
+        text.kind = _json_kind(value)
+        return text
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list | tuple) else "an object"
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedFormula:
     text: str  # what the user wrote, stripped
@@ -309,6 +334,8 @@ def parse_formula(
     unknown_element, dummy_element, invalid_amount, unsupported_element. Error positions count
     characters of ``text`` as given, from 0.
     """
+    if isinstance(text, NotAString):
+        raise FormulaError("invalid_formula", f"a formula must be a JSON string, not {text.kind} ({text})")
     if not isinstance(text, str):
         raise FormulaError("invalid_formula", f"a formula must be a string, not {type(text).__name__}")
     length = len(text.strip())

@@ -321,8 +321,9 @@ class Predictor:
         return parsed
 
     def _parse(self, text: str, allowed: frozenset[str]) -> ParsedFormula | DomainError:
-        # A text over the length limit is refused at once: nothing to save by keeping it.
-        if len(text) > self.max_formula_length:
+        # A text over the length limit is refused at once: nothing to save by keeping it. A
+        # non-string item (NotAString) equals its JSON text, so it must not share that text's memo.
+        if len(text) > self.max_formula_length or type(text) is not str:
             return self._parse_uncached(text, allowed)
         return self._memo(text, allowed)
 

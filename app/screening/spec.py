@@ -10,7 +10,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas import PropertyName
+from app.schemas import FormulaItem, PropertyName
 from app.screening.enumerate import MAX_ATOMS_LIMIT
 
 
@@ -48,7 +48,7 @@ class ScreenRequest(BaseModel):
         6, ge=1, le=MAX_ATOMS_LIMIT, strict=True, description="atoms in the reduced formula"
     )
     include_subsystems: bool = True
-    formulas: list[str] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
+    formulas: list[FormulaItem] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
     properties: list[PropertyName] | None = Field(
         None, min_length=1, description="default: every served property"
     )

@@ -116,6 +116,28 @@ async def test_batch_keeps_input_order_and_isolates_bad_formulas(app, client):
     assert by_formula["Fe2O3"]["composition"] == by_formula["Fe4O6"]["composition"]
 
 
+async def test_a_batch_item_that_is_not_a_string_is_refused_alone(client):
+    """{"formulas": ["NaCl", 1, null, ...]} was a 422 for the whole batch (hostile pass)."""
+    items = ["NaCl", 1, None, ["x"], {"a": 1}, True, 2.5, "1"]
+    response = await client.post("/predict/batch", json={"formulas": items})
+    as_csv = await client.post("/predict/batch", json={"formulas": items}, headers={"accept": "text/csv"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert "predictions" in results[0] and len(results) == len(items)
+    kinds = ["a number", "null", "an array", "an object", "a boolean", "a number"]
+    for result, item, kind in zip(results[1:7], items[1:7], kinds, strict=True):
+        assert result["error"]["code"] == "invalid_formula"
+        assert result["formula"] == json.dumps(item)  # its JSON text, so every format can echo it
+        assert f"not {kind}" in result["error"]["message"]
+    # The string "1" is a formula the parser refuses for what it is, not for its type.
+    assert (
+        results[7]["error"]["code"] == "invalid_formula"
+        and "JSON string" not in results[7]["error"]["message"]
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [row["error_code"] for row in rows][1:] == ["invalid_formula"] * 7 and rows[2]["formula"] == "null"
+
+
 async def test_batch_of_real_formulas_matches_single_predictions(app, client):
     formulas = oqmd_formulas(300, split="val")  # more than one pipeline chunk of the batcher (64)
     batch = (
