@@ -28,6 +28,9 @@ from app.schemas import (
 )
 from app.settings import Settings
 
+# nginx's code for "the client closed the connection before the answer": logged, never received.
+CLIENT_CLOSED_REQUEST = 499
+
 router = APIRouter(tags=["predict"])
 
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -99,4 +102,9 @@ async def predict_batch(request: Request) -> Response:
     results: list[Result] = []
     async for chunk in chunks:
         results.extend(chunk)
+        # Nobody to answer: stop at this chunk rather than compute the rest of a batch a client
+        # sent and walked away from (the streamed formats stop when their stream is cancelled).
+        if await request.is_disconnected():
+            await chunks.aclose()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
     return json_response({"results": results})
