@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # MAX_CONNECTIONS open at once, and at most SHUTDOWN_TIMEOUT_S of graceful shutdown.
     header_timeout_s: float = Field(10.0, gt=0.0)
     body_timeout_s: float = Field(30.0, gt=0.0)
+    # ... and, past its first MIN_BODY_RATE_GRACE_S, a body arrives at MIN_BODY_RATE bytes/s on
+    # average (0: no minimum): a trickle of a byte every few seconds held a connection for minutes.
+    min_body_rate: float = Field(1024.0, ge=0.0)
+    min_body_rate_grace_s: float = Field(10.0, gt=0.0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_connections: int = Field(4096, ge=1)
     shutdown_timeout_s: int = Field(30, ge=1)

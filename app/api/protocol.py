@@ -8,6 +8,9 @@ connection:
   of the previous response on a kept-alive one) and within ``IBRNET_MAX_HEADER_BYTES``;
 - a body may pause at most ``IBRNET_BODY_TIMEOUT_S`` between two pieces (which also bounds how
   long a trickling client can hold up a graceful shutdown);
+- past its first ``IBRNET_MIN_BODY_RATE_GRACE_S``, a body must arrive at ``IBRNET_MIN_BODY_RATE``
+  bytes/s on average (a byte every few seconds never pauses long enough for the rule above, and
+  a few such connections per allowed slot locked every other client out);
 - past ``IBRNET_MAX_CONNECTIONS`` open connections a new one is answered 503 and closed at once;
 and every refusal is the service's JSON error body.
 """
@@ -25,6 +28,7 @@ from app.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
+TIMER_SLACK_S = 0.005  # the event loop's timers may fire this much early
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}  # fmt: skip
 
@@ -35,6 +39,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.header_timeout_s = settings.header_timeout_s
         self.body_timeout_s = settings.body_timeout_s
+        self.min_body_rate = settings.min_body_rate
+        self.min_body_rate_grace_s = settings.min_body_rate_grace_s
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self._last_piece = 0.0
         self.max_header_bytes = settings.max_header_bytes
         self.max_connections = settings.max_connections
         self._timer: asyncio.TimerHandle | None = None
@@ -86,12 +95,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.pipeline:  # queued behind a running request: uvicorn paused reading, not the client
             self._disarm()
-        else:
-            self._arm(self.body_timeout_s)  # until the body is complete (or at once, with none)
+        else:  # until the body is complete (or at once, with none)
+            self._body_started, self._body_bytes = self.loop.time(), 0
+            self._last_piece = self._body_started
+            self._arm(self._body_wait())
 
     def on_body(self, body: bytes) -> None:
-        self._arm(self.body_timeout_s)
+        self._body_bytes += len(body)
+        self._last_piece = self.loop.time()
+        self._arm(self._body_wait())
         super().on_body(body)
+
+    def _body_wait(self) -> float:
+        """Seconds until the body breaks a rule if nothing more arrives: a pause of
+        body_timeout_s, or its average rate falling under min_body_rate after the grace period."""
+        due = min(self._last_piece + self.body_timeout_s, self._rate_due())
+        return max(0.0, due - self.loop.time())
+
+    def _rate_due(self) -> float:
+        """When the body's average rate falls under min_body_rate if nothing more arrives."""
+        if self.min_body_rate <= 0:
+            return float("inf")
+        return self._body_started + max(self.min_body_rate_grace_s, self._body_bytes / self.min_body_rate)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -126,10 +151,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 408, "header_timeout", f"the request headers took longer than {self.header_timeout_s:g} s"
             )
         elif self.cycle is not None and not self.cycle.response_started and not self.pipeline:
-            logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
-            self._refuse(
-                408, "body_timeout", f"the request body paused for longer than {self.body_timeout_s:g} s"
-            )
+            now = self.loop.time()
+            if now >= self._last_piece + self.body_timeout_s - TIMER_SLACK_S:
+                logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
+                self._refuse(
+                    408, "body_timeout", f"the request body paused for longer than {self.body_timeout_s:g} s"
+                )
+            elif now >= self._rate_due() - TIMER_SLACK_S:
+                logger.info(
+                    "closing a connection whose request body trickled in (%d bytes)", self._body_bytes
+                )
+                self._refuse(
+                    408,
+                    "body_too_slow",
+                    f"the request body arrived slower than {self.min_body_rate:g} bytes/s "
+                    f"({self._body_bytes} bytes in {now - self._body_started:.0f} s)",
+                )
+            else:  # the timer ran early: wait for the rule it was set for
+                self._arm(max(self._body_wait(), TIMER_SLACK_S))
         else:  # the answer is under way: the client is slow to read it, not to send
             return
 

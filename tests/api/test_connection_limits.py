@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.slow
 LIMITS = {
     "IBRNET_HEADER_TIMEOUT_S": "1",
     "IBRNET_BODY_TIMEOUT_S": "1",
+    "IBRNET_MIN_BODY_RATE": "100",
+    "IBRNET_MIN_BODY_RATE_GRACE_S": "1.5",
     "IBRNET_MAX_HEADER_BYTES": "8192",
     "IBRNET_MAX_CONNECTIONS": "40",
     "IBRNET_SHUTDOWN_TIMEOUT_S": "5",
@@ -77,6 +80,52 @@ def test_a_stalled_body_is_closed_with_408_and_is_not_a_500(server):
     assert status == 408 and body["error"]["code"] == "body_timeout"
     metrics = httpx.get(f"{base}/metrics", timeout=10).text
     assert 'status="500"' not in metrics
+
+
+def test_a_trickled_body_that_never_pauses_long_is_closed_for_its_rate(server):
+    """A byte every 0.4 s never pauses for the 1 s the pause rule allows, but stays far under
+    100 bytes/s: closed once the grace period (1.5 s) is over, where it held a slot for minutes."""
+    base, _ = server
+    connection = connect(base)
+    connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    started = time.monotonic()
+    connection.settimeout(0.4)
+    data = b""
+    while time.monotonic() - started < 10:
+        try:
+            connection.sendall(b" ")
+            data = connection.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if data:
+            break
+    connection.settimeout(10)
+    closed_after = time.monotonic() - started
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == 408 and json.loads(body)["error"]["code"] == "body_too_slow"
+    assert 1.4 < closed_after < 4, closed_after
+
+
+def test_a_body_sent_at_a_steady_pace_is_not_cut_off(server):
+    """A slow but honest upload (600 bytes/s, past the grace period) is answered."""
+    base, _ = server
+    body = json.dumps({"formulas": ["NaCl"] * 240}).encode()  # about 2 s at this pace
+    connection = connect(base)
+    connection.sendall(
+        b"POST /predict/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+    )
+    for start in range(0, len(body), 60):
+        connection.sendall(body[start : start + 60])
+        time.sleep(0.1)
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
 
 
 def test_malformed_http_gets_the_services_json_error(server):

@@ -68,9 +68,8 @@ async def test_malformed_bodies(client, content, code, status):
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
+        # (a wrong-typed item is refused alone: test_predict_api's not-a-string test)
         ({"formulas": "Fe2O3"}, "formulas"),
-        ({"formulas": ["Fe2O3", 3]}, "formulas[1]"),
-        ({"formulas": [None]}, "formulas[0]"),
         ({"formula": "Fe2O3"}, "formulas"),
     ],
 )
