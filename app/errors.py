@@ -30,3 +30,7 @@ class NotFoundError(DomainError):
 
 class PayloadTooLargeError(DomainError):
     status_code = 413
+
+
+class UnsupportedMediaTypeError(DomainError):
+    status_code = 415

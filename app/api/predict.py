@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from app.api.formats import MEDIA_TYPES, json_response, negotiate, stream_csv, stream_ndjson
-from app.errors import PayloadTooLargeError
+from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from app.inference.predictor import Predictor, Result
 from app.schemas import (
     ERROR_RESPONSES,
@@ -27,6 +27,13 @@ from app.schemas import (
     inline_schema,
 )
 from app.settings import Settings
+
+# Content types that say the body is something else than JSON. A body without one, or with curl's
+# default (application/x-www-form-urlencoded) or text/plain, is read as JSON as before.
+NOT_JSON = frozenset({
+    "text/csv", "application/x-ndjson", "multipart/form-data", "application/octet-stream",
+    "application/vnd.apache.parquet", "application/xml", "text/xml", "application/gzip",
+})  # fmt: skip
 
 # nginx's code for "the client closed the connection before the answer": logged, never received.
 CLIENT_CLOSED_REQUEST = 499
@@ -48,6 +55,13 @@ def _request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 async def read_body(request: Request, model: type[_Body]) -> _Body:
     """The JSON body validated against ``model``; errors raised the way FastAPI raises them."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            "unsupported_media_type",
+            f"content-encoding {encoding!r} is not supported; send the JSON body uncompressed",
+            header="content-encoding",
+        )
     raw = await request.body()
     if not raw.strip():
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
@@ -55,6 +69,16 @@ async def read_body(request: Request, model: type[_Body]) -> _Body:
         return model.model_validate_json(raw)
     except ValidationError as error:
         problems = error.errors(include_url=False, include_input=False)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type in NOT_JSON and any(p.get("type") == "json_invalid" for p in problems):
+            # Not a JSON mistake: the client sent another format (a CSV file to /predict/batch).
+            raise UnsupportedMediaTypeError(
+                "unsupported_media_type",
+                f"the body is {media_type}, not JSON; send a JSON object with content-type "
+                "application/json (a CSV or Parquet file of formulas goes to POST /screen)",
+                header="content-type",
+                got=media_type,
+            ) from None
         raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems]) from None
 
 

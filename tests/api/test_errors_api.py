@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from tests.api.harness import make_settings, metric_value, serve
@@ -178,3 +180,25 @@ async def test_errors_are_counted_by_code(client):
         == 1
     )
     assert metric_value(metrics, "ibrnet_formula_errors_total", code="unknown_element") == 1
+
+
+async def test_a_body_in_another_format_is_a_415_naming_the_header(client):
+    """A CSV file posted to /predict/batch was 'not valid JSON: expected ident at line 1 column 2'."""
+    as_csv = await client.post(
+        "/predict/batch", content=b"formula\nNaCl\n", headers={"content-type": "text/csv"}
+    )
+    error = assert_error_body(as_csv, 415, "unsupported_media_type")
+    assert error["header"] == "content-type" and "text/csv" in error["message"]
+    gzipped = await client.post(
+        "/predict",
+        content=gzip.compress(b'{"formula": "NaCl"}'),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    error = assert_error_body(gzipped, 415, "unsupported_media_type")
+    assert error["header"] == "content-encoding" and "gzip" in error["message"]
+    # JSON under a lazy content type (curl -d's default, text/plain) is still read as JSON.
+    for media_type in ("application/x-www-form-urlencoded", "text/plain"):
+        answered = await client.post(
+            "/predict", content=b'{"formula": "NaCl"}', headers={"content-type": media_type}
+        )
+        assert answered.status_code == 200, answered.text
