@@ -117,7 +117,7 @@ def build_hull(
     point_positions = np.concatenate([np.full(len(order), -1), np.where(compound, positions, -1)])
     facets = lower_facets(points, energies)
     if facets is None:
-        return _build_with_phase_diagram(reference, order, points, energies, point_positions)
+        facets = _phase_diagram_facets(order, points, energies)
     vertices, facet_vertices = np.unique(facets, return_inverse=True)
     facet_vertices = facet_vertices.reshape(facets.shape)
     vertex_fractions, vertex_energies = points[vertices], energies[vertices]
@@ -162,14 +162,9 @@ def lower_facets(fractions: np.ndarray, energies: np.ndarray) -> np.ndarray | No
     return candidates[simplices] if len(simplices) else None
 
 
-def _build_with_phase_diagram(
-    reference: HullReference,
-    order: tuple[str, ...],
-    points: np.ndarray,
-    energies: np.ndarray,
-    point_positions: np.ndarray,
-) -> SystemHull:
-    """build_hull through pymatgen's PhaseDiagram, for the hulls qhull alone cannot build."""
+def _phase_diagram_facets(order: tuple[str, ...], points: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """The lower facets as indices into the points, from pymatgen's PhaseDiagram: for the hulls
+    qhull alone cannot build (too few or degenerate points)."""
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
 
@@ -183,22 +178,10 @@ def _build_with_phase_diagram(
     ]
     diagram = PhaseDiagram(entries)
     # qhull_entries are the entries given above (the same objects): their attribute is the point.
-    point_of = [int(diagram.qhull_entries[i].attribute) for i in range(len(diagram.qhull_entries))]
-    vertices = sorted({point_of[int(i)] for facet in diagram.facets for i in facet})
-    renumber = {old: new for new, old in enumerate(vertices)}
-    facet_vertices = np.array(
-        [[renumber[point_of[int(i)]] for i in facet] for facet in diagram.facets], dtype=np.int64
+    return np.array(
+        [[int(diagram.qhull_entries[int(i)].attribute) for i in facet] for facet in diagram.facets],
+        dtype=np.int64,
     ).reshape(len(diagram.facets), len(order))
-    vertex_fractions, vertex_energies = points[vertices], energies[vertices]
-    chempots = np.array([np.linalg.solve(vertex_fractions[f], vertex_energies[f]) for f in facet_vertices])
-    return SystemHull(
-        elements=order,
-        chempots=chempots.reshape(len(facet_vertices), len(order)),
-        facet_vertices=facet_vertices,
-        vertex_names=[_point_name(reference, order, points, i, point_positions) for i in vertices],
-        vertex_fractions=vertex_fractions,
-        vertex_positions=point_positions[vertices],
-    )
 
 
 def _point_name(

@@ -243,3 +243,20 @@ def test_the_predicted_hull_refuses_a_system_past_the_element_limit(paper_refere
         predicted_hull(reference, elements, [])
     assert refused.value.code == "too_many_elements_for_hull" and time.perf_counter() - started < 1.0
     assert predicted_hull(reference, ["Li", "O"], [])["phases"]  # within the limit it answers
+
+
+def test_the_phase_diagram_fallback_builds_the_same_hull_as_qhull(monkeypatch):
+    """Where qhull cannot build a hull, PhaseDiagram does: both agree on real systems."""
+    import app.stability.hull as hull_module
+
+    reference = load_reference()
+    points = np.random.default_rng(0).dirichlet(np.ones(4), 300)
+    for system in (frozenset({"Li", "Fe", "O"}), frozenset({"Li", "Fe", "P", "O"})):
+        direct = build_hull(reference, system)
+        with monkeypatch.context() as patched:
+            patched.setattr(hull_module, "lower_facets", lambda fractions, energies: None)
+            fallback = build_hull(reference, system)
+        rows = points[:, : len(system)] / points[:, : len(system)].sum(axis=1, keepdims=True)
+        assert fallback.energy(rows)[0] == pytest.approx(direct.energy(rows)[0], abs=1e-9)
+        assert sorted(fallback.vertex_names) == sorted(direct.vertex_names)
+        assert sorted(fallback.vertex_positions) == sorted(direct.vertex_positions)
