@@ -44,6 +44,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_started = 0.0
         self._body_bytes = 0
         self._last_piece = 0.0
+        self._rate_judged = True
         self.max_header_bytes = settings.max_header_bytes
         self.max_connections = settings.max_connections
         self._timer: asyncio.TimerHandle | None = None
@@ -93,11 +94,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._tail = b""
         super().on_headers_complete()
-        if self.pipeline:  # queued behind a running request: uvicorn paused reading, not the client
+        self._body_started, self._body_bytes = self.loop.time(), 0
+        self._last_piece = self._body_started
+        # Queued behind a running request, the body waits on uvicorn (it paused reading), not on
+        # the client: its rate says nothing about the client, and only the pause rule applies.
+        self._rate_judged = not self.pipeline
+        if self.pipeline:
             self._disarm()
         else:  # until the body is complete (or at once, with none)
-            self._body_started, self._body_bytes = self.loop.time(), 0
-            self._last_piece = self._body_started
             self._arm(self._body_wait())
 
     def on_body(self, body: bytes) -> None:
@@ -114,7 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _rate_due(self) -> float:
         """When the body's average rate falls under min_body_rate if nothing more arrives."""
-        if self.min_body_rate <= 0:
+        if self.min_body_rate <= 0 or not self._rate_judged:
             return float("inf")
         return self._body_started + max(self.min_body_rate_grace_s, self._body_bytes / self.min_body_rate)
 

@@ -99,7 +99,11 @@ class NotAString(str):
     def of(cls, value: object) -> NotAString:
         import json
 
-        text = cls(json.dumps(value, default=str)[:100])
+        try:
+            shown = json.dumps(value, default=str)[:100]
+        except (RecursionError, ValueError):  # nested deeper than json can write back
+            shown = "[...]" if isinstance(value, list) else "{...}"
+        text = cls(shown)
         text.kind = _json_kind(value)
         return text
 

@@ -176,8 +176,8 @@ class Predictor:
         if not plan.stability or not formulas:
             return [{}] * len(formulas)
         assert self.stability is not None
-        systems = list({frozenset(formula.amount_dict) for formula in formulas})
-        if len(formulas) <= INLINE_DERIVE_LIMIT and self.stability.hull_ready(systems):
+        amounts = [formula.amount_dict for formula in formulas]
+        if len(formulas) <= INLINE_DERIVE_LIMIT and self.stability.hull_ready(amounts):
             return self.derive_sync(plan, formulas, answers)
         return await asyncio.to_thread(self.derive_sync, plan, formulas, answers)
 

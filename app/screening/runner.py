@@ -195,7 +195,7 @@ class ScreeningRunner:
             yield
         finally:
             stop.set()
-            thread.join()
+            thread.join(self.lease_s)  # a renew stuck on the database must not hold the runner
 
     def _run_chunks(
         self, job: Job, request: ScreenRequest, models: ScreenModels, source: Source, ranking: Ranking | None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.schemas import FormulaItem, PropertyName
 from app.screening.enumerate import MAX_ATOMS_LIMIT
@@ -43,10 +43,7 @@ class ScreenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     chemsys: str | None = Field(None, max_length=512, examples=["Li-Fe-O"])
-    # strict: true or "5" is a mistake in the request, not 1 or 5 atoms
-    max_atoms: int = Field(
-        6, ge=1, le=MAX_ATOMS_LIMIT, strict=True, description="atoms in the reduced formula"
-    )
+    max_atoms: int = Field(6, ge=1, le=MAX_ATOMS_LIMIT, description="atoms in the reduced formula")
     include_subsystems: bool = True
     formulas: list[FormulaItem] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
     properties: list[PropertyName] | None = Field(
@@ -61,6 +58,14 @@ class ScreenRequest(BaseModel):
     # Applies to every property whose model reports an uncertainty (ensembles); point models
     # have none, so it does not touch them.
     max_uncertainty: float | None = Field(None, ge=0)
+
+    @field_validator("max_atoms", mode="before")
+    @classmethod
+    def _a_number_of_atoms(cls, value: object) -> object:
+        # true or "5" is a mistake in the request, not 1 or 5 atoms (6.0 from a notebook is 6).
+        if isinstance(value, bool | str):
+            raise ValueError(f"max_atoms must be a JSON integer, not {type(value).__name__} {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _one_input_and_a_ranking(self) -> Self:

@@ -148,9 +148,21 @@ class StabilityAssessor:
         """How p_stable is read: "gaussian", or the digest of the source model's curve."""
         return "gaussian" if self.calibration is None else f"curve {self.calibration.digest}"
 
-    def hull_ready(self, systems: Sequence[frozenset[str]]) -> bool:
-        """Whether every system's hull is already built (then assessing is cheap enough inline)."""
-        return all(self.hulls.has(system) for system in systems)
+    def hull_ready(self, amounts: Sequence[Mapping[str, float]]) -> bool:
+        """Whether every hull these compositions are measured on is built (then assessing is cheap
+        enough inline): their systems' hulls, and the hull without each known stable compound."""
+        for composition in amounts:
+            system = frozenset(composition)
+            if self.why_not(system) is not None:
+                continue
+            hull = self.hulls.peek(system)
+            if hull is None:
+                return False
+            fractions = hull.fractions([composition])
+            own = int(hull.own_vertex(fractions, hull.energy(fractions)[1])[0])
+            if own >= 0 and self.hulls.peek(system, own) is None:
+                return False
+        return True
 
     def why_not(self, system: frozenset[str]) -> dict[str, Any] | None:
         """Why a composition of ``system`` gets no e_above_hull (an error body), or None if it does.

@@ -207,9 +207,10 @@ class HullCache:
         self._hulls: OrderedDict[tuple[frozenset[str], int], SystemHull] = OrderedDict()
         self._lock = threading.Lock()
 
-    def has(self, elements: frozenset[str]) -> bool:
+    def peek(self, elements: frozenset[str], without: int = -1) -> SystemHull | None:
+        """The hull if it is built, else None (nothing is built)."""
         with self._lock:
-            return (elements, -1) in self._hulls
+            return self._hulls.get((elements, without))
 
     def get(self, elements: frozenset[str], without: int = -1) -> SystemHull:
         """The hull of ``elements``; without the reference compound at position ``without`` if >= 0."""

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -361,7 +362,11 @@ class JobStore:
             return connection.execute(statement).first() is not None
 
     def renew(self, job_id: str, owner: str) -> bool:
-        return self._update_own("renew", job_id, owner, {"heartbeat": time.time()})
+        # Never backwards: a renew that waited for a long commit would otherwise write its own
+        # earlier clock over the commit's fresher one, and make a live job look abandoned.
+        now = time.time()
+        newer = case((_JOBS.c.heartbeat < now, now), else_=_JOBS.c.heartbeat)
+        return self._update_own("renew", job_id, owner, {"heartbeat": newer})
 
     def _update_own(self, operation: str, job_id: str, owner: str, values: dict[str, Any]) -> bool:
         """Update a job this runner is running; False if it is no longer ours (cancelled, taken over)."""

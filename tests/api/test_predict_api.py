@@ -249,3 +249,16 @@ async def test_streamed_formats_arrive_in_pieces(app, accept):
     text = b"".join(pieces).decode()
     rows = text.splitlines()
     assert len(rows) == len(formulas) + (1 if accept == "text/csv" else 0)  # CSV has a header
+
+
+def test_an_item_nested_deeper_than_json_can_write_back_is_still_refused_alone():
+    """json.dumps of a deeply nested item raised RecursionError (a 500 from /screen)."""
+    from app.chemistry.formula import FormulaError, NotAString
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    text = NotAString.of(deep)
+    assert text == "[...]" and text.kind == "an array"
+    with pytest.raises(FormulaError, match="not an array"):
+        parse_formula(text)

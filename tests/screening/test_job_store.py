@@ -193,3 +193,26 @@ def test_a_sorted_page_walks_an_index_and_never_sorts_the_job(jobs: JobStore, as
             details = " | ".join(str(row[-1]) for row in plan)
             assert "TEMP B-TREE" not in details, details
             assert "ix_screening_results_rank" in details or "PRIMARY KEY" in details, details
+
+
+def test_a_renew_never_moves_the_heartbeat_back(jobs: JobStore) -> None:
+    """A renew that waited behind a long commit wrote its earlier clock over the commit's fresher
+    one, and a second runner took the live job over (review, 2026-12-02)."""
+    from sqlalchemy import select, update
+
+    from app.store.jobs import ScreeningJobRecord
+
+    job_id = new_job(jobs)
+    jobs.claim("runner-a", lease_s=60)
+    fresher = time.time() + 100  # what the commit that the renew waited for wrote
+    with jobs._engine.begin() as connection:
+        connection.execute(
+            update(ScreeningJobRecord).where(ScreeningJobRecord.id == job_id).values(heartbeat=fresher)
+        )
+    assert jobs.renew(job_id, "runner-a")
+    with jobs._engine.connect() as connection:
+        stored = connection.execute(
+            select(ScreeningJobRecord.heartbeat).where(ScreeningJobRecord.id == job_id)
+        ).scalar_one()
+    assert stored == pytest.approx(fresher)
+    assert jobs.claim("runner-b", lease_s=1.0) is None
