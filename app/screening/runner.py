@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_S = 1.0
 # How often stopped jobs past the retention period are looked for.
 SWEEP_S = 600.0
+# Chunks are sized to take about this long (app/screening/runner.py, _timed_chunks), from a first
+# chunk of FIRST_CHUNK_ROWS, never under MIN_CHUNK_ROWS nor over IBRNET_SCREEN_CHUNK_SIZE.
+CHUNK_TARGET_S = 1.0
+FIRST_CHUNK_ROWS = 256
+MIN_CHUNK_ROWS = 16
 # Waits between attempts while the database is unreachable (doubling up to the last).
 STORE_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -202,7 +207,7 @@ class ScreeningRunner:
     ) -> None:
         done = job.done
         turn_started = time.monotonic()
-        for chunk in source.results(models, start=done, chunk_size=self.chunk_size):
+        for chunk in self._timed_chunks(source, models, done):
             rows = _store_rows(
                 rank_within(chunk.take(passes_filters(chunk, request)), request), request.sort_by
             )
@@ -231,6 +236,25 @@ class ScreeningRunner:
             self._stopping.wait(self.pause_s)
         self._finish(job, SUCCEEDED)
         logger.info("screening job %s: succeeded, %d rows", job.id, done)
+
+    def _timed_chunks(self, source: Source, models: ScreenModels, start: int) -> Iterator[ChunkResult]:
+        """The job's rows from ``start`` in chunks of at most chunk_size rows, each sized to take
+        about CHUNK_TARGET_S (a quarter of the turn when turns are shorter).
+
+        Why: turns are given between chunks, and a chunk's cost per row varies a thousandfold (a
+        row of a cached chemical system costs microseconds, one of a new 7-element system a hull
+        build): fixed 4,096-row chunks of new systems kept five small jobs waiting 54 s behind a
+        10 s turn. The first chunk is small; each next one grows or shrinks with the last one's time.
+        """
+        target = CHUNK_TARGET_S if self.slice_s <= 0 else min(CHUNK_TARGET_S, self.slice_s / 4)
+        size, row = min(self.chunk_size, FIRST_CHUNK_ROWS), start
+        while row < source.total:
+            started = time.monotonic()
+            stop = min(row + size, source.total)
+            (chunk,) = source.results(models, start=row, stop=stop, chunk_size=stop - row)
+            size = next_chunk_size(size, time.monotonic() - started, target, self.chunk_size)
+            row = stop
+            yield chunk
 
     def _models(self, job: Job) -> ScreenModels:
         if self._registry is None:
@@ -324,6 +348,16 @@ class ScreeningRunner:
                 logger.warning("screening runner: database unavailable, retrying: %s", error)
                 self._stopping.wait(STORE_RETRY_S[min(failures, len(STORE_RETRY_S) - 1)])
                 failures += 1
+
+
+def next_chunk_size(size: int, elapsed_s: float, target_s: float, largest: int) -> int:
+    """The next chunk's rows: twice as many after a fast chunk (under half the target), fewer in
+    proportion after a slow one (over the target), else the same."""
+    if elapsed_s < target_s / 2:
+        size *= 2
+    elif elapsed_s > target_s:
+        size = int(size * target_s / elapsed_s)
+    return min(largest, max(MIN_CHUNK_ROWS, size))
 
 
 def _lower_priority(nice: int) -> None:

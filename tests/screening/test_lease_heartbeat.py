@@ -38,3 +38,14 @@ async def test_a_job_whose_one_chunk_outlasts_the_lease_is_not_taken_over(models
     assert taken is None, "a second worker took over a job whose runner was alive"
     assert running_s > 2 * LEASE_S and tries >= 3  # the chunk did outlast the lease
     assert finished["attempts"] == 1 and finished["progress"]["done"] == finished["progress"]["total"]
+
+
+def test_chunks_grow_while_fast_and_shrink_to_the_target_when_slow():
+    from app.screening.runner import MIN_CHUNK_ROWS, next_chunk_size
+
+    assert next_chunk_size(256, 0.1, 1.0, 4096) == 512  # fast: twice as many
+    assert next_chunk_size(4096, 0.1, 1.0, 4096) == 4096  # never past IBRNET_SCREEN_CHUNK_SIZE
+    assert next_chunk_size(1000, 0.8, 1.0, 4096) == 1000  # near the target: kept
+    assert next_chunk_size(1000, 100.0, 1.0, 4096) == MIN_CHUNK_ROWS  # a 100 s chunk: 10 rows -> the floor
+    assert next_chunk_size(1000, 4.0, 1.0, 4096) == 250  # in proportion
+    assert next_chunk_size(10, 0.1, 1.0, 10) == 10  # a chunk size under the floor is kept
