@@ -86,6 +86,17 @@ def models_to_run(
     return to_run, wanted
 
 
+def too_many_elements(system: Collection[str]) -> dict[str, Any] | None:
+    """The error body for a system past MAX_HULL_ELEMENTS (for a row, or a screen's predicted hull)."""
+    if len(system) <= MAX_HULL_ELEMENTS:
+        return None
+    return {
+        "code": "too_many_elements_for_hull",
+        "message": f"{len(system)} elements; hulls are built for at most {MAX_HULL_ELEMENTS}",
+        "limit": MAX_HULL_ELEMENTS,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class StabilityPrediction:
     """Shaped like PropertyPrediction (the same fields, in to_dict's order), plus the hull's answer."""
@@ -150,17 +161,10 @@ class StabilityAssessor:
 
     def hull_ready(self, amounts: Sequence[Mapping[str, float]]) -> bool:
         """Whether every hull these compositions are measured on is built (then assessing is cheap
-        enough inline): their systems' hulls, and the hull without each known stable compound."""
+        enough inline)."""
         for composition in amounts:
             system = frozenset(composition)
-            if self.why_not(system) is not None:
-                continue
-            hull = self.hulls.peek(system)
-            if hull is None:
-                return False
-            fractions = hull.fractions([composition])
-            own = int(hull.own_vertex(fractions, hull.energy(fractions)[1])[0])
-            if own >= 0 and self.hulls.peek(system, own) is None:
+            if self.why_not(system) is None and not self.hulls.ready(system, [composition]):
                 return False
         return True
 
@@ -178,13 +182,7 @@ class StabilityAssessor:
                 "message": f"no compound of the hull reference contains {', '.join(missing)}",
                 "elements": missing,
             }
-        if len(system) > MAX_HULL_ELEMENTS:
-            return {
-                "code": "too_many_elements_for_hull",
-                "message": f"{len(system)} elements; hulls are built for at most {MAX_HULL_ELEMENTS}",
-                "limit": MAX_HULL_ELEMENTS,
-            }
-        return None
+        return too_many_elements(system)
 
     def hull_energies(self, amounts: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The reference hull's energy at each composition (NaN where there is none: ``why_not``).
@@ -285,7 +283,7 @@ class StabilityAssessor:
             hull = hulls[row]
             if hull is not None and math.isfinite(above[row]):
                 fractions = hull.fractions([composition])[0]
-                own = self.reference.energy_of(keys[row])
+                dft = self.reference.energy_of(keys[row])  # an element's is 0, as is its hull
                 element = sizes[row] == 1  # on the hull by definition: no uncertainty at all
                 interval = source.interval
                 if interval is not None:  # e_above_hull = energy - hull energy: the same shift
@@ -301,11 +299,7 @@ class StabilityAssessor:
                     interval=interval,
                     p_stable=float(probability[row]),
                     decomposition=hull.decomposition(fractions, int(facets[row])),
-                    reference_value=None
-                    if own is None
-                    else 0.0
-                    if element
-                    else own - float(hull_energy[row]),
+                    reference_value=None if dft is None else dft - float(hull_energy[row]),
                 )
             answers.append(answer)
         return answers

@@ -30,8 +30,8 @@ MIN_PHASE_FRACTION = 1e-6
 # Atomic fractions this close are the same composition (reduced formulas differ far more).
 SAME_COMPOSITION = 1e-9
 DEFAULT_CACHED_SYSTEMS = 4096
-# A compound this close to the lower hull (eV/atom) is handed to PhaseDiagram: far below any DFT
-# energy's precision, far above qhull's rounding.
+# A compound at most this far above 0 eV/atom (the elements' level) is handed to qhull as a
+# candidate hull point: far below any DFT energy's precision, far above qhull's rounding.
 HULL_TOLERANCE = 1e-6
 LOWER_FACET_SLOPE = 1e-12  # a facet whose normal has no downward part is a vertical wall, not the floor
 DEGENERATE_VOLUME = 1e-14  # |det| of a facet's vertex fractions below this: a flat simplex (as PhaseDiagram)
@@ -44,9 +44,8 @@ class SystemHull:
     facet_vertices: np.ndarray  # [facets, elements]: indices into vertex_names / vertex_fractions
     vertex_names: list[str]  # each hull vertex's canonical key (the `composition` answers carry)
     vertex_fractions: np.ndarray  # [vertices, elements]
-    vertex_positions: (
-        np.ndarray
-    )  # [vertices]: the reference position of each compound vertex, -1 for elements
+    # [vertices]: the reference position of each compound vertex, -1 for elements
+    vertex_positions: np.ndarray
 
     def fractions(self, amounts: Sequence[Mapping[str, float]]) -> np.ndarray:
         """Atomic fractions [rows, elements] of compositions made of this system's elements."""
@@ -226,6 +225,16 @@ class HullCache:
             while len(self._hulls) > self.max_systems:
                 self._hulls.popitem(last=False)
         return hull
+
+    def ready(self, elements: frozenset[str], amounts: Sequence[Mapping[str, float]]) -> bool:
+        """Whether ``evaluate`` would build nothing for these compositions of the system: its hull
+        is built, and so is the hull without each known stable compound among them."""
+        hull = self.peek(elements)
+        if hull is None:
+            return False
+        fractions = hull.fractions(amounts)
+        own = hull.own_vertex(fractions, hull.energy(fractions)[1])
+        return all(self.peek(elements, int(position)) is not None for position in np.unique(own[own >= 0]))
 
     def evaluate(
         self, elements: frozenset[str], fractions: np.ndarray

@@ -16,7 +16,7 @@ import numpy as np
 
 from app.chemistry.formula import parse_formula
 from app.errors import DomainError
-from app.stability.assess import MAX_HULL_ELEMENTS
+from app.stability.assess import too_many_elements
 from app.stability.hull import lower_facets
 from app.stability.reference import HullReference
 
@@ -32,18 +32,15 @@ class Candidate:
 def predicted_hull(
     reference: HullReference, elements: Sequence[str], candidates: Iterable[Candidate]
 ) -> dict[str, Any]:
-    """The predicted hull; DomainError ``too_many_elements_for_hull`` past MAX_HULL_ELEMENTS (a
+    """The predicted hull; DomainError ``too_many_elements_for_hull`` past the hull limit (a
     10-element screen's hull kept a core busy for over nine minutes)."""
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
 
     system = sorted(set(elements))
-    if len(system) > MAX_HULL_ELEMENTS:
-        raise DomainError(
-            "too_many_elements_for_hull",
-            f"{len(system)} elements; hulls are built for at most {MAX_HULL_ELEMENTS}",
-            limit=MAX_HULL_ELEMENTS,
-        )
+    refused = too_many_elements(system)
+    if refused is not None:
+        raise DomainError(refused.pop("code"), refused.pop("message"), **refused)
     entries = [PDEntry(Composition({element: 1}), 0.0, name=element, attribute=None) for element in system]
     for position in reference.within(system):
         composition = Composition(reference.amounts[position])
