@@ -103,8 +103,12 @@ class NotAString(str):
             shown = json.dumps(value, default=str)[:100]
         except (RecursionError, ValueError):  # nested deeper than json can write back
             shown = "[...]" if isinstance(value, list) else "{...}"
+        return cls.of_kind(shown, _json_kind(value))
+
+    @classmethod
+    def of_kind(cls, shown: str, kind: str) -> NotAString:
         text = cls(shown)
-        text.kind = _json_kind(value)
+        text.kind = kind
         return text
 
 

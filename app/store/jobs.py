@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.chemistry.formula import NotAString
 from app.store.database import Base, SchemaGuard
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -136,11 +137,19 @@ class Ranking:
 
 
 def encode_inputs(formulas: Sequence[str]) -> bytes:
-    return zlib.compress(json.dumps(list(formulas), separators=(",", ":")).encode(), 6)
+    # A non-string item keeps its kind (an object in the list), so after a restart it is refused
+    # with the same message as before it ("a formula must be a JSON string, not null").
+    items = [
+        {"kind": text.kind, "text": str(text)} if isinstance(text, NotAString) else text for text in formulas
+    ]
+    return zlib.compress(json.dumps(items, separators=(",", ":")).encode(), 6)
 
 
 def decode_inputs(blob: bytes) -> list[str]:
-    return json.loads(zlib.decompress(blob))
+    items = json.loads(zlib.decompress(blob))
+    return [
+        NotAString.of_kind(item["text"], item["kind"]) if isinstance(item, dict) else item for item in items
+    ]
 
 
 class JobStore:
