@@ -15,11 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
+from app.api.blocking import off_the_loop_if_large
 from app.api.formats import MEDIA_TYPES, json_response, negotiate, stream_csv, stream_ndjson
-from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from app.errors import UnsupportedMediaTypeError
 from app.inference.predictor import Predictor, Result
 from app.schemas import (
     ERROR_RESPONSES,
+    MAX_ITEMS,
     BatchPredictionPublic,
     BatchPredictRequest,
     PredictionPublic,
@@ -53,8 +55,9 @@ def _request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_body(request: Request, model: type[_Body]) -> _Body:
-    """The JSON body validated against ``model``; errors raised the way FastAPI raises them."""
+async def read_body(request: Request, model: type[_Body], context: dict[str, Any] | None = None) -> _Body:
+    """The JSON body validated against ``model`` (with a validation ``context``, e.g. MAX_ITEMS);
+    errors raised the way FastAPI raises them."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaTypeError(
@@ -66,7 +69,7 @@ async def read_body(request: Request, model: type[_Body]) -> _Body:
     if not raw.strip():
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
-        return model.model_validate_json(raw)
+        return await off_the_loop_if_large(len(raw), model.model_validate_json, raw, context=context)
     except ValidationError as error:
         problems = error.errors(include_url=False, include_input=False)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -106,16 +109,10 @@ async def predict_batch(request: Request) -> Response:
 
     `Accept: text/csv` or `application/x-ndjson` streams the rows as they are computed.
     """
-    body = await read_body(request, BatchPredictRequest)
     settings: Settings = request.app.state.settings
+    # too_many_items is refused while the list is validated, before its items are looked at.
+    body = await read_body(request, BatchPredictRequest, {MAX_ITEMS: settings.max_batch_items})
     predictor: Predictor = request.app.state.predictor
-    if len(body.formulas) > settings.max_batch_items:
-        raise PayloadTooLargeError(
-            "too_many_items",
-            f"{len(body.formulas)} formulas in one batch; the limit is {settings.max_batch_items}",
-            limit=settings.max_batch_items,
-            count=len(body.formulas),
-        )
     plan = predictor.plan(body.properties)  # unknown properties fail here, before any output
     chunks = predictor.predict_chunks(body.formulas, plan)
     response_format = negotiate(request.headers.get("accept"))

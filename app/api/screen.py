@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from app.api.access import client_of
+from app.api.blocking import off_the_loop_if_large
 from app.api.formats import json_response, preferred
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError
@@ -362,13 +363,18 @@ async def _read_submission(request: Request) -> tuple[ScreenRequest, list[str] |
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         return await _read_upload(request)
+    raw = await request.body()
+    return await off_the_loop_if_large(len(raw), _validated_json, raw), None
+
+
+def _validated_json(raw: bytes) -> ScreenRequest:
     try:
-        body = _loads(await request.body())
+        body = _loads(raw)
     except ValueError as error:
         # The same 400 invalid_json answer as /predict (app/api/errors.py).
         problem = {"type": "json_invalid", "loc": ("body",), "ctx": {"error": str(error)}}
         raise RequestValidationError([{**problem, "msg": "JSON decode error"}]) from None
-    return _validated(body), None
+    return _validated(body)
 
 
 def _loads(raw: bytes | str) -> Any:

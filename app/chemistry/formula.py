@@ -46,6 +46,7 @@ Keys: see ``canonical_key``. Pure elements key as the bare symbol ("O" for O2): 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -97,19 +98,41 @@ class NotAString(str):
 
     @classmethod
     def of(cls, value: object) -> NotAString:
-        import json
-
-        try:
-            shown = json.dumps(value, default=str)[:100]
-        except (RecursionError, ValueError):  # nested deeper than json can write back
-            shown = "[...]" if isinstance(value, list) else "{...}"
-        return cls.of_kind(shown, _json_kind(value))
+        return cls.of_kind(_json_text(value)[:NOT_A_STRING_SHOWN], _json_kind(value))
 
     @classmethod
     def of_kind(cls, shown: str, kind: str) -> NotAString:
         text = cls(shown)
         text.kind = kind
         return text
+
+
+NOT_A_STRING_SHOWN = 100  # characters of a non-string item's JSON text echoed back
+
+
+def _json_text(value: object) -> str:
+    # A body may hold a million such items, so this costs about a microsecond for a scalar, and an
+    # array or object is written lazily, only as far as the echo shows (not the 30 MiB behind it).
+    if value is None or isinstance(value, bool):
+        return _JSON_CONSTANTS[value]
+    if isinstance(value, int):
+        try:
+            return str(value)  # an int's text is its JSON (json.dumps takes 5x longer)
+        except ValueError:  # more than 4300 digits
+            return "(a number too long to show)"
+    if not isinstance(value, list | tuple | dict):
+        return json.dumps(value)  # a float (NaN and Infinity as json writes them)
+    pieces, length = [], 0
+    for piece in _LAZY_ENCODER.iterencode(value):
+        pieces.append(piece)
+        length += len(piece)
+        if length >= NOT_A_STRING_SHOWN:
+            break
+    return "".join(pieces)
+
+
+_LAZY_ENCODER = json.JSONEncoder(default=str)
+_JSON_CONSTANTS = {None: "null", True: "true", False: "false"}
 
 
 def _json_kind(value: object) -> str:

@@ -10,7 +10,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas import FormulaItem, PropertyName
+from app.schemas import FormulaList, PropertyName
 from app.screening.enumerate import MAX_ATOMS_LIMIT
 
 
@@ -45,7 +45,7 @@ class ScreenRequest(BaseModel):
     chemsys: str | None = Field(None, max_length=512, examples=["Li-Fe-O"])
     max_atoms: int = Field(6, ge=1, le=MAX_ATOMS_LIMIT, description="atoms in the reduced formula")
     include_subsystems: bool = True
-    formulas: list[FormulaItem] | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
+    formulas: FormulaList | None = Field(None, examples=[["Fe2O3", "LiFePO4"]])
     properties: list[PropertyName] | None = Field(
         None, min_length=1, description="default: every served property"
     )

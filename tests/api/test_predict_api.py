@@ -259,6 +259,6 @@ def test_an_item_nested_deeper_than_json_can_write_back_is_still_refused_alone()
     for _ in range(100_000):
         deep = [deep]
     text = NotAString.of(deep)
-    assert text == "[...]" and text.kind == "an array"
+    assert text == "[" * 100 and text.kind == "an array"  # written only as far as the echo shows
     with pytest.raises(FormulaError, match="not an array"):
         parse_formula(text)

@@ -6,6 +6,9 @@ no rows and echoed its bound as null).
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from app.screening.enumerate import ChemicalSpace
@@ -109,3 +112,20 @@ def test_a_ranking_starts_from_the_columns_best_end_unless_told(sort_by, ascendi
     options = {} if ascending is None else {"ascending": ascending}
     request = ScreenRequest(chemsys="Li-O", sort_by=sort_by, top_k=5, **options)
     assert request.ascending is expected and request.model_dump()["ascending"] is expected
+
+
+async def test_a_large_body_is_read_while_other_clients_are_answered(client):
+    """A million non-string items (3 MiB) take a second or more to validate; on the event loop
+    that was a second in which /health waited. Read off the loop, /health answers meanwhile."""
+    body = json.dumps({"formulas": [1] * 1_000_000, "properties": ["no_such_property"]}).encode()
+    big = asyncio.create_task(client.post("/screen", content=body, headers=JSON))
+    answered_meanwhile = 0
+    while not big.done():
+        assert (await client.get("/health")).status_code == 200
+        answered_meanwhile += not big.done()
+        # In process a /health round trip never suspends; a socket would. Let the loop turn.
+        await asyncio.sleep(0.001)
+    # Read to the end: refused for its property, after every item was validated.
+    assert_refused(big.result(), 422, "unknown_property", "no_such_property")
+    # Validated on the loop: only the /health calls before the body arrived (2 here; 57 off it).
+    assert answered_meanwhile >= 10
