@@ -87,6 +87,7 @@ def write_model(
     ensemble: bool = False,
     name: str | None = None,
     salt: str = "",
+    elements_are_zero: bool = False,
 ) -> ModelManifest:
     """A complete model folder (model.onnx + model.json) the registry accepts."""
     featurizer = get_featurizer("ef")
@@ -103,7 +104,12 @@ def write_model(
             spec="ef", version=featurizer.version, width=featurizer.width, elements=list(featurizer.labels)
         ),
         architecture=Architecture(name="tiny-mlp", parameters=parameters, config={"hidden": HIDDEN}),
-        output=Output(kind="ensemble", members=5, interval=ENSEMBLE_INTERVAL) if ensemble else Output(),
+        output=Output(
+            kind="ensemble" if ensemble else "point",
+            members=5 if ensemble else 1,
+            interval=ENSEMBLE_INTERVAL if ensemble else None,
+            elements_are_zero=elements_are_zero,
+        ),
         dataset=DatasetInfo(name="synthetic", source="tests/model_factory.py", sizes={"train": 0}, sha256={}),
         metrics={"test": SplitMetrics(mae=0.0, rmse=0.0, r2=0.0, n=0)},
         training=TrainingInfo(command="tests/model_factory.py", seed=seed),

@@ -38,6 +38,12 @@ MATBENCH_CITATION = (
 )
 
 
+# Properties measured from the elements' reference states: a single element's value is 0 by
+# definition (a formation energy; an element's ground state lies on its hull). The export records it
+# in the manifest (output.elements_are_zero) and the service answers 0 for an element.
+ZERO_FOR_ELEMENTS = frozenset({"formation_enthalpy", "formation_energy_mp", "energy_above_hull"})
+
+
 @dataclass(frozen=True)
 class PackagedDataset:
     name: str  # the name users type: oqmd-formation-enthalpy

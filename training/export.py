@@ -40,6 +40,7 @@ from app.inference.manifest import (
 )
 from training import calibration, fp16, intervals, onnx_model, row_int8, stability
 from training.data import Dataset, load_dataset
+from training.datasets import ZERO_FOR_ELEMENTS
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
 from training.nets import Ensemble, HeadedNet, combine, count_parameters
@@ -277,6 +278,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         k: v for k, v in first.dataset.items() if k not in ("property", "unit", "description", "citations")
     }
     features = first.features
+    elements_are_zero = first.dataset["property"] in ZERO_FOR_ELEMENTS
     architecture = _architecture(configs, module)  # its name: the members' architectures, joined by +
     citations = [
         *first.dataset["citations"],  # the data's, --add-train's included (members share their data)
@@ -307,9 +309,10 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
             member_weights=[round(float(w), 6) for w in module.member_weights.flatten()],
             member_weights_fit="teacher" if teacher else member_weights,
             interval=interval,
+            elements_are_zero=elements_are_zero,
         )
         if with_sigma
-        else Output(),
+        else Output(elements_are_zero=elements_are_zero),
         dataset=DatasetInfo(**info),
         metrics=metrics,
         training=_training(configs, command),

@@ -105,7 +105,10 @@ class PredictionWork:
                 rows = np.fromiter((row_of[key] for key in keys), dtype=np.intp, count=len(keys))
                 own = features if np.array_equal(rows, np.arange(len(features))) else features[rows]
                 try:
-                    predictions[name].update(self._compute(models[name], keys, own))
+                    counts = np.fromiter(
+                        (len(asked[name][key].elements) for key in keys), np.int64, len(keys)
+                    )
+                    predictions[name].update(self._compute(models[name], keys, own, counts))
                 except Exception as error:
                     failed[name] = error
         if failed:
@@ -142,13 +145,13 @@ class PredictionWork:
         return answers, misses
 
     def _compute(
-        self, model: LoadedModel, keys: list[str], features: np.ndarray
+        self, model: LoadedModel, keys: list[str], features: np.ndarray, element_counts: np.ndarray
     ) -> dict[str, PropertyPrediction]:
         """One ONNX Runtime call; its rows go to the cache writer."""
         children = self._metrics(model)
         started = time.perf_counter()
         try:
-            outputs = model.run(features)
+            outputs = model.predict(features, element_counts)
         except Exception:
             children.failures.inc()
             raise

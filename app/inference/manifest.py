@@ -107,6 +107,10 @@ class Output(BaseModel):
     member_weights_fit: Literal["equal", "fitted", "teacher"] | None = None  # teacher: a student's
     # models with an uncertainty: the prediction interval served beside it (None: no interval)
     interval: IntervalCalibration | None = None
+    # The target is measured from the elements' reference states (a formation energy), so a single
+    # element's value is 0 by definition: served as 0 with uncertainty 0, not as the network's guess
+    # (the training splits hold no single element; Si came out at +0.46 eV/atom).
+    elements_are_zero: bool = False
 
 
 class SplitMetrics(BaseModel):

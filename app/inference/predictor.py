@@ -351,7 +351,8 @@ class Predictor:
             out = np.empty((len(parsed), 2), dtype=np.float32)
             for start in range(0, len(parsed), DIRECT_CHUNK_SIZE):
                 chunk = parsed[start : start + DIRECT_CHUNK_SIZE]
-                out[start : start + len(chunk)] = model.run(model.featurizer.transform(chunk))
+                counts = np.fromiter((len(formula.elements) for formula in chunk), np.int64, len(chunk))
+                out[start : start + len(chunk)] = model.predict(model.featurizer.transform(chunk), counts)
             results[model.property] = out
         return results
 

@@ -61,9 +61,11 @@ class LoadedModel:
 
     @property
     def cache_version(self) -> str:
-        """The version its predictions are cached under: the model file's and the chemistry's
-        (key rules, featurizer tables), so a change to either is a miss, not a stale row."""
-        return f"{self.version}.{chemistry_fingerprint()[:12]}"
+        """The version its predictions are cached under: the model file's, the chemistry's (key
+        rules, featurizer tables) and the output rules', so a change to any is a miss, not a stale
+        row (an element cached with the network's guess before elements_are_zero)."""
+        rules = ".e0" if self.manifest.output.elements_are_zero else ""
+        return f"{self.version}.{chemistry_fingerprint()[:12]}{rules}"
 
     def answer(self, value: float, uncertainty: float | None, *, cached: bool) -> PropertyPrediction:
         """A model output (or its cache row) as every caller receives it: no NaN (JSON has none),
@@ -75,6 +77,16 @@ class LoadedModel:
             floor = self.manifest.architecture.config.get("target_floor")
             interval = Interval(*calibration.bounds(finite, sigma, floor), calibration.level)
         return PropertyPrediction(finite, self.unit, self.name, self.version, sigma, interval, cached)
+
+    def predict(self, features: np.ndarray, element_counts: np.ndarray) -> np.ndarray:
+        """``run``, with the answers a model's target fixes by definition (``elements_are_zero``):
+        ``element_counts`` [n] is each row's number of elements."""
+        out = self.run(features)
+        if self.manifest.output.elements_are_zero:
+            single = np.asarray(element_counts) == 1
+            out[single, 0] = 0.0
+            out[single, 1] = np.where(np.isnan(out[single, 1]), np.nan, 0.0)
+        return out
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """float32 [n, width] -> float32 [n, 2]: value, and standard deviation (NaN for a point model)."""

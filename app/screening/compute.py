@@ -129,7 +129,7 @@ class ScreenModels:
             spec = model.manifest.features.spec
             if spec not in features:
                 features[spec] = np.asarray(model.featurizer.transform_batch(batch), dtype=np.float32)
-            output = model.run(features[spec]).astype(np.float64)
+            output = model.predict(features[spec], batch.counts).astype(np.float64)
             values[model.property] = output[:, 0]
             uncertainties[model.property] = output[:, 1]
         return values, uncertainties
