@@ -29,7 +29,7 @@ from app.api.access import client_of
 from app.api.blocking import off_the_loop_if_large
 from app.api.formats import json_response, preferred
 from app.api.spreadsheet import defused_table
-from app.errors import DomainError, NotFoundError
+from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from app.screening.enumerate import parse_chemsys
 from app.screening.io import MEDIA_TYPES, DrainedSink, ResultWriter, format_of, read_formulas, rows_table
@@ -133,9 +133,19 @@ async def submit(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     runner: ScreeningRunner = request.app.state.screening
     client = client_of(request.scope)
+    row_limit = settings.screen_max_compositions
     if client is not None:  # a key already at its job limit is refused before its upload is read
-        await _within_quota(runner.jobs, client, 0, settings)
-    screen, formulas = await _read_submission(request)
+        rows_left = await _within_quota(runner.jobs, client, 0, settings)
+        row_limit = min(row_limit, rows_left)
+    try:
+        screen, formulas = await _read_submission(request, row_limit)
+    except PayloadTooLargeError as error:
+        # An upload is read only as far as the key's share allows (a 32 KB Parquet file can hold
+        # 10M rows): past it, the answer is the key's quota, not the service's limit.
+        over_share = error.code == "too_many_compositions" and row_limit < settings.screen_max_compositions
+        if client is not None and over_share:
+            await _within_quota(runner.jobs, client, error.details["count"], settings)
+        raise
     prepared = await asyncio.to_thread(
         prepare_screen,
         screen,
@@ -359,10 +369,10 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
 # -- helpers --------------------------------------------------------------------------------------
 
 
-async def _read_submission(request: Request) -> tuple[ScreenRequest, list[str] | None]:
+async def _read_submission(request: Request, max_rows: int) -> tuple[ScreenRequest, list[str] | None]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _read_upload(request)
+        return await _read_upload(request, max_rows)
     raw = await request.body()
     return await off_the_loop_if_large(len(raw), _validated_json, raw), None
 
@@ -386,7 +396,7 @@ def _loads(raw: bytes | str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
-async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
+async def _read_upload(request: Request, max_rows: int) -> tuple[ScreenRequest, list[str]]:
     form = await request.form(max_files=1, max_fields=16)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -404,8 +414,8 @@ async def _read_upload(request: Request) -> tuple[ScreenRequest, list[str]]:
     screen = _validated({**options, "formulas": []})
     file_format = format_of(upload.filename or "upload")
     column = str(form.get("formula_column") or "formula")
-    max_rows = request.app.state.settings.screen_max_compositions
-    formulas = await asyncio.to_thread(read_formulas, upload.file, column, file_format, max_rows)
+    max_length = request.app.state.settings.max_formula_length
+    formulas = await asyncio.to_thread(read_formulas, upload.file, column, file_format, max_rows, max_length)
     return screen, formulas
 
 
@@ -496,8 +506,9 @@ def _jobs(request: Request) -> JobStore:
     return request.app.state.screening.jobs
 
 
-async def _within_quota(jobs: JobStore, client: str, rows: int, settings: Settings) -> None:
-    """429 when this key already has its share of the queue (jobs at once, rows still to compute)."""
+async def _within_quota(jobs: JobStore, client: str, rows: int, settings: Settings) -> int:
+    """429 when this key already has its share of the queue (jobs at once, rows still to compute);
+    else the rows it may still add."""
     active, pending = await _store(jobs.active_load, client)
     if active >= settings.screen_max_jobs_per_key:
         limit = settings.screen_max_jobs_per_key
@@ -508,7 +519,7 @@ async def _within_quota(jobs: JobStore, client: str, rows: int, settings: Settin
             f"{settings.screen_max_rows_per_key:,} (IBRNET_SCREEN_MAX_ROWS_PER_KEY)"
         )
     else:
-        return
+        return settings.screen_max_rows_per_key - pending - rows
     raise QuotaExceeded("quota_exceeded", f"{message}; retry when one finishes", retry_after_s=QUOTA_RETRY_S)
 
 

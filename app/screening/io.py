@@ -164,22 +164,31 @@ class DrainedSink(io.RawIOBase):
 
 
 def read_formulas(
-    source: str | Path | IO[bytes], column: str, file_format: Format, max_rows: int | None = None
+    source: str | Path | IO[bytes],
+    column: str,
+    file_format: Format,
+    max_rows: int | None = None,
+    max_formula_length: int | None = None,
 ) -> list[str]:
     """Every formula of a CSV or Parquet file, in file order (the job stores them anyway).
 
     With ``max_rows``, a larger file is refused as it is read, never after: a Parquet file by the
     row count in its footer before any data is decompressed (96 KB can hold 30M rows), a CSV at
-    the first batch past the limit.
+    the first batch past the limit. With ``max_formula_length``, a Parquet column whose footer
+    says it unpacks to more than such formulas can fill is refused before it is unpacked (46 KB
+    of zstd held one 500 MB cell).
     """
-    if max_rows is not None and file_format == "parquet":
+    if file_format == "parquet" and (max_rows is not None or max_formula_length is not None):
         try:
-            rows = pq.ParquetFile(source).metadata.num_rows
+            metadata = pq.ParquetFile(source).metadata
         except (pa.ArrowInvalid, OSError) as error:
             raise InputFileError(
                 "unreadable_file", f"cannot read the parquet file: {error}", format="parquet"
             ) from None
-        _check_rows(rows, max_rows)
+        if max_rows is not None:
+            _check_rows(metadata.num_rows, max_rows)
+        if max_formula_length is not None:
+            _check_unpacked_size(metadata, column, max_formula_length)
         if hasattr(source, "seek"):
             source.seek(0)  # type: ignore[union-attr]
     formulas: list[str] = []
@@ -188,6 +197,28 @@ def read_formulas(
         if max_rows is not None:
             _check_rows(len(formulas), max_rows, at_least=file_format == "csv")
     return formulas
+
+
+# Bytes a formula of the longest allowed length can take in a Parquet page (4 per character in
+# UTF-8, a length prefix), and slack for page headers and statistics.
+_BYTES_PER_CHARACTER, _BYTES_PER_VALUE, _SLACK_BYTES = 4, 16, 1 << 20
+
+
+def _check_unpacked_size(metadata: pq.FileMetaData, column: str, max_formula_length: int) -> None:
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        bound = row_group.num_rows * (_BYTES_PER_CHARACTER * max_formula_length + _BYTES_PER_VALUE)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if chunk.path_in_schema == column and chunk.total_uncompressed_size > bound + _SLACK_BYTES:
+                raise PayloadTooLargeError(
+                    "formula_column_too_large",
+                    f"column {column!r} unpacks to {chunk.total_uncompressed_size:,} bytes for "
+                    f"{row_group.num_rows:,} rows (row group {group}), more than formulas of at most "
+                    f"{max_formula_length} characters can hold (IBRNET_MAX_FORMULA_LENGTH)",
+                    column=column,
+                    limit=max_formula_length,
+                )
 
 
 def _check_rows(rows: int, max_rows: int, at_least: bool = False) -> None:
@@ -229,7 +260,12 @@ def _batches(
         parquet = pq.ParquetFile(source)
         if column not in parquet.schema_arrow.names:
             raise _missing_column(column, parquet.schema_arrow.names)
-        yield from parquet.iter_batches(batch_size=batch_size, columns=[column])
+        text = _text_type(column, parquet.schema_arrow.field(column).type)
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=[column]):
+            # binary is read as UTF-8 text (invalid UTF-8: unreadable_file), not as "b'Fe2O3'"
+            if batch.schema.field(0).type != text:
+                batch = pa.RecordBatch.from_arrays([batch.column(0).cast(text)], names=[column])
+            yield batch
         return
     names = _csv_header(source)
     if column not in names:
@@ -239,18 +275,47 @@ def _batches(
     yield from pa_csv.open_csv(source, read_options=read, convert_options=options)
 
 
+def _text_type(column: str, given: pa.DataType) -> pa.DataType:
+    """The string type a Parquet formula column is read as; a column of numbers, dates or lists is
+    refused by its type instead of every row failing as its printed value."""
+    if pa.types.is_dictionary(given):
+        given = given.value_type
+    if pa.types.is_string(given) or pa.types.is_large_string(given) or pa.types.is_string_view(given):
+        return given
+    if pa.types.is_binary(given) or pa.types.is_large_binary(given):
+        return pa.large_string() if pa.types.is_large_binary(given) else pa.string()
+    raise InputFileError(
+        "unsupported_column_type",
+        f"column {column!r} holds {given}, not text: a formula column holds strings",
+        column=column,
+        type=str(given),
+    )
+
+
 def _csv_header(source: str | Path | IO[bytes]) -> list[str]:
     """The CSV's column names, read before pyarrow opens it. (Asking pyarrow again after it refused
     the column raced with its read-ahead thread on the shared file position: now and then the
-    second read saw a garbled stream and a missing column was reported as an unreadable file.)"""
+    second read saw a garbled stream and a missing column was reported as an unreadable file.)
+
+    Read from the file's first bytes by the csv module, so a header ends at newline, CR LF or a lone
+    CR (old Mac and some Excel exports), as pyarrow reads it; a header it cannot read is a 422."""
     if isinstance(source, str | Path):
         with open(source, "rb") as handle:
-            first = handle.readline()
+            first = handle.read(_HEADER_BYTES)
     else:
         start = source.tell()
-        first = source.readline()
+        first = source.read(_HEADER_BYTES)
         source.seek(start)
-    return next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
+    text = first.decode("utf-8-sig", errors="replace")
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as error:
+        raise InputFileError(
+            "unreadable_file", f"cannot read the csv header: {error}", format="csv"
+        ) from None
+
+
+_HEADER_BYTES = 1 << 20  # a header longer than this is cut (its last names are not found)
 
 
 def _missing_column(column: str, names: Sequence[str]) -> InputFileError:

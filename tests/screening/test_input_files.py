@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tempfile
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from app.screening.io import InputFileError, read_formulas
@@ -30,3 +32,46 @@ def test_a_missing_column_is_always_reported_as_such():
 def test_the_formula_column_is_read_after_the_header_check():
     content = '\ufeffformula,target\nFe2O3,1\n"Li,Fe",2\nNaCl,3\n'.encode()
     assert _read_upload(content) == ["Fe2O3", "Li,Fe", "NaCl"]
+
+
+def test_a_csv_whose_lines_end_in_a_lone_cr_is_read():
+    """Old Mac and some Excel exports: the header check read the whole file as one line (500)."""
+    assert _read_upload(b"formula,target\rFe2O3,1\rNaCl,2\r") == ["Fe2O3", "NaCl"]
+
+
+def test_a_header_the_csv_module_cannot_read_is_unreadable_not_a_crash():
+    with pytest.raises(InputFileError) as refused:
+        _read_upload(b"formula," + b"a" * 200_000 + b"\nFe2O3,1\n")  # a name past csv's field limit
+    assert refused.value.code == "unreadable_file" and "header" in refused.value.message
+
+
+def _parquet_upload(column: pa.Array) -> list[str]:
+    with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as handle:
+        pq.write_table(pa.table({"formula": column}), handle)
+        handle.seek(0)
+        return read_formulas(handle, "formula", "parquet", max_rows=100, max_formula_length=256)
+
+
+def test_a_binary_parquet_column_is_read_as_utf8_text():
+    """It was stored as the text "b'Fe2O3'", and every row failed."""
+    assert _parquet_upload(pa.array([b"Fe2O3", b"LiFePO4"], pa.binary())) == ["Fe2O3", "LiFePO4"]
+    with pytest.raises(InputFileError) as refused:
+        _parquet_upload(pa.array([b"Fe2O3", b"\xff"], pa.binary()))
+    assert refused.value.code == "unreadable_file"
+
+
+@pytest.mark.parametrize(
+    "column",
+    [pa.array([1, 2]), pa.array([[1], [2]]), pa.array([0, 1], pa.timestamp("s"))],
+    ids=["int", "list", "timestamp"],
+)
+def test_a_parquet_column_that_is_not_text_is_refused_by_its_type(column):
+    with pytest.raises(InputFileError) as refused:
+        _parquet_upload(column)
+    kind = str(column.type).split("<")[0].split("[")[0]  # Parquet keeps seconds as ms: "timestamp"
+    assert refused.value.code == "unsupported_column_type" and f"holds {kind}" in refused.value.message
+
+
+def test_a_dictionary_encoded_parquet_column_reads_as_its_strings():
+    column = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["Fe2O3", "NaCl"]))
+    assert _parquet_upload(column) == ["Fe2O3", "NaCl", "Fe2O3"]
