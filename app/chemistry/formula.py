@@ -107,6 +107,28 @@ class NotAString(str):
         return text
 
 
+class LongFormula(str):
+    """A formula over the length limit, kept as its first characters and "…" (what is echoed and
+    stored) with its real length: it is refused as formula_too_long naming that length, and a
+    25 MB formula is neither echoed back whole nor stored in a screen (see clip_formula)."""
+
+    length: int
+
+    @classmethod
+    def of_length(cls, shown: str, length: int) -> LongFormula:
+        text = cls(shown)
+        text.length = length
+        return text
+
+
+def clip_formula(text: str, max_length: int) -> str:
+    """``text``, or a LongFormula of its first ``max_length`` characters where it is longer."""
+    if len(text) <= max_length or isinstance(text, NotAString | LongFormula):
+        return text
+    length = len(text.strip())
+    return text if length <= max_length else LongFormula.of_length(text[:max_length] + "…", length)
+
+
 NOT_A_STRING_SHOWN = 100  # characters of a non-string item's JSON text echoed back
 
 
@@ -369,7 +391,7 @@ def parse_formula(
         raise FormulaError("invalid_formula", f"a formula must be a JSON string, not {text.kind} ({text})")
     if not isinstance(text, str):
         raise FormulaError("invalid_formula", f"a formula must be a string, not {type(text).__name__}")
-    length = len(text.strip())
+    length = text.length if isinstance(text, LongFormula) else len(text.strip())
     if length == 0:
         raise FormulaError("empty_formula", "formula is empty")
     if length > max_length:

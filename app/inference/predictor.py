@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, parse_formula
+from app.chemistry.formula import MAX_FORMULA_LENGTH, ParsedFormula, clip_formula, parse_formula
 from app.errors import DomainError
 from app.inference.batch_work import Answer, PredictionRequest, feature_sets, predict_formulas
 from app.inference.batcher import DynamicBatcher
@@ -230,6 +230,8 @@ class Predictor:
     async def predict_chunks(self, formulas: Sequence[str], plan: Plan) -> AsyncIterator[list[Result]]:
         """Results in input order, one list per chunk, as soon as each chunk is done."""
         allowed = plan.allowed
+        # Each result echoes its formula: one over the limit is echoed as its first characters.
+        formulas = [clip_formula(text, self.max_formula_length) for text in formulas]
         if len(formulas) <= CHUNK_SIZE:
             if len(formulas) <= INLINE_PARSE_LIMIT:
                 parsed = self._parse_all(formulas, allowed)

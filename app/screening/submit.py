@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.chemistry.formula import clip_formula
 from app.errors import DomainError, PayloadTooLargeError
 from app.inference.registry import ModelRegistry
 from app.screening.compute import ScreenModels
@@ -62,7 +63,9 @@ def prepare_screen(
                 property=name,
             )
     resolved = request.model_copy(update={"properties": models.properties})
-    rows = list(formulas) if formulas is not None else request.formulas
+    rows = formulas if formulas is not None else request.formulas
+    if rows is not None:  # stored with the job and echoed in its rows: over the limit, clipped
+        rows = [clip_formula(text, max_formula_length) for text in rows]
     if source is None:
         source = source_for(resolved, rows, models.elements)
     total = source.total

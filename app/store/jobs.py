@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.chemistry.formula import NotAString
+from app.chemistry.formula import LongFormula, NotAString
 from app.store.database import Base, SchemaGuard
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -137,19 +137,26 @@ class Ranking:
 
 
 def encode_inputs(formulas: Sequence[str]) -> bytes:
-    # A non-string item keeps its kind (an object in the list), so after a restart it is refused
-    # with the same message as before it ("a formula must be a JSON string, not null").
-    items = [
-        {"kind": text.kind, "text": str(text)} if isinstance(text, NotAString) else text for text in formulas
-    ]
+    # A non-string item keeps its kind and a clipped formula its length (an object in the list),
+    # so after a restart each is refused with the same message as before it.
+    items = [_stored(text) if isinstance(text, NotAString | LongFormula) else text for text in formulas]
     return zlib.compress(json.dumps(items, separators=(",", ":")).encode(), 6)
 
 
 def decode_inputs(blob: bytes) -> list[str]:
-    items = json.loads(zlib.decompress(blob))
-    return [
-        NotAString.of_kind(item["text"], item["kind"]) if isinstance(item, dict) else item for item in items
-    ]
+    return [_restored(item) if isinstance(item, dict) else item for item in json.loads(zlib.decompress(blob))]
+
+
+def _stored(text: NotAString | LongFormula) -> dict[str, Any]:
+    if isinstance(text, NotAString):
+        return {"kind": text.kind, "text": str(text)}
+    return {"length": text.length, "text": str(text)}
+
+
+def _restored(item: dict[str, Any]) -> str:
+    if "kind" in item:
+        return NotAString.of_kind(item["text"], item["kind"])
+    return LongFormula.of_length(item["text"], item["length"])
 
 
 class JobStore:

@@ -251,3 +251,18 @@ async def test_jobs_queue_and_run_in_submission_order(client):
     assert starts == sorted(starts)
     listed = (await client.get("/screen")).json()["jobs"]
     assert [job["id"] for job in listed] == ids[::-1]
+
+
+async def test_a_formula_over_the_limit_is_echoed_and_stored_as_its_first_characters(client):
+    """A 25 MB formula was echoed whole by /predict/batch and stored and served whole by a screen."""
+    huge = "Fe2O3" * 20_000  # 100,000 characters; the limit is 256
+    formulas = ["NaCl", huge, "KBr"]
+    batch = (await client.post("/predict/batch", json={"formulas": formulas})).json()["results"]
+    response = await client.post("/screen", json={"formulas": formulas, "properties": ["band_gap"]})
+    rows = await all_results(client, (await wait_for(client, response.json()["id"]))["id"])
+    for echoed in (batch[1], rows[1]):
+        assert echoed["formula"] == huge[:256] + "…"
+        assert echoed["error"]["code"] == "formula_too_long"
+        assert echoed["error"]["length"] == 100_000  # the real length, after the store too
+    assert [row["formula"] for row in rows[::2]] == ["NaCl", "KBr"]
+    assert "error" not in rows[0] and "error" not in rows[2]
