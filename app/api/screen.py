@@ -429,6 +429,10 @@ def _validated(body: Any) -> ScreenRequest:
         ) from None
 
 
+class JobGoneDuringDownload(RuntimeError):
+    """A job deleted while its file was being sent: the file must not end as if complete."""
+
+
 async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> AsyncIterator[bytes]:
     """The job's rows as a CSV or Parquet file, sent a batch (a Parquet row group) at a time.
 
@@ -451,6 +455,11 @@ async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> A
             header = False
         if writer is None and header:  # no rows at all: still a header
             yield _csv_bytes(rows_table([], properties), header=True)
+        if await _store(jobs.get, job.id) is None:
+            # Deleted while it was sent (a purge, the retention sweep): the rows stopped early.
+            # Ending normally would hand the client a well-formed but truncated file; failing the
+            # stream drops the connection without the last chunk, so the client sees an error.
+            raise JobGoneDuringDownload(job.id)
     finally:
         if writer is not None:
             writer.close()

@@ -123,3 +123,38 @@ async def test_a_full_database_fails_the_job_frees_its_rows_and_the_service_reco
     assert "partial results were deleted" in failed["error"]
     assert rows_left == 0  # its room went back to the others
     assert recovered["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+async def test_a_download_of_a_job_purged_while_it_is_sent_does_not_end_as_complete(
+    models_dir, tmp_path, file_format
+):
+    """It ended with 200 and a well-formed last chunk, holding 20,001 of 75,462 lines."""
+    from app.api.screen import JobGoneDuringDownload
+
+    async with serve(screen_settings(models_dir, tmp_path, screen_chunk_size=4096)) as (app, client):
+        job = (await client.post("/screen", json={"formulas": ["Fe2O3", "NaCl", "KBr"] * 4000})).json()
+        await wait_for(client, job["id"])  # 12,000 rows: three download batches
+        query = f"format={file_format}".encode()
+        path = f"/screen/{job['id']}/results"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+            "root_path": "", "client": ("127.0.0.1", 1), "server": ("ibrnet.test", 80), "headers": [],
+        }  # fmt: skip
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            await asyncio.sleep(3600)  # the client stays
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and len(sent) == 2:  # the first batch is out
+                purged = await client.delete(f"/screen/{job['id']}", params={"purge": "true"})
+                assert purged.status_code == 200, purged.text
+
+        with pytest.raises(JobGoneDuringDownload):
+            await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert all(message.get("more_body") for message in sent[1:])  # no last chunk was sent
