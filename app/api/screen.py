@@ -27,7 +27,8 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.access import client_of
 from app.api.blocking import off_the_loop_if_large
-from app.api.formats import json_response, preferred
+from app.api.formats import dumps, json_response, preferred
+from app.api.hull_answers import HullAnswers
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
@@ -115,6 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runner.start()
     app.state.screening = runner
     app.state.submit_lock = asyncio.Lock()
+    app.state.hull_answers = HullAnswers()
     try:
         yield
     finally:
@@ -297,7 +299,7 @@ async def hull(job_id: str, request: Request) -> Response:
         raise JobFinished("job_not_succeeded", f"job {job_id} is {job.status}", id=job_id, status=job.status)
     jobs = _jobs(request)
 
-    def build() -> dict[str, Any]:
+    def build() -> bytes:
         candidates = [
             Candidate(
                 row.composition,
@@ -310,9 +312,13 @@ async def hull(job_id: str, request: Request) -> Response:
             if "p" in row.payload and (row.payload["p"][E_ABOVE_HULL][0] or 0.0) < 0
         ]
         elements = parse_chemsys(job.request["chemsys"])
-        return {"id": job.id, **predicted_hull(stability.reference, elements, candidates)}
+        return dumps({"id": job.id, **predicted_hull(stability.reference, elements, candidates)})
 
-    return json_response(await _store(build))
+    # The job is checked above on every call (a purged one is 404), the answer built once.
+    answers: HullAnswers = request.app.state.hull_answers
+    key = f"{job.id} {job.models[E_ABOVE_HULL]['reference']['sha256']}"
+    body = await answers.get(key, lambda: _store(build))
+    return Response(body, media_type="application/json")
 
 
 # -- views ----------------------------------------------------------------------------------------
