@@ -539,13 +539,19 @@ async def _within_quota(jobs: JobStore, client: str, rows: int, settings: Settin
 
 
 async def _job(request: Request, job_id: str) -> Job:
-    job = await _store(_jobs(request).get, job_id)
+    # Ids are 32 hex digits: a longer one is no job, and is not looked up or echoed whole (a 50 KB
+    # id came back as a 100 KB 404).
+    job = await _store(_jobs(request).get, job_id) if len(job_id) <= MAX_JOB_ID_LENGTH else None
     client = client_of(request.scope)
     if job is not None and client is not None and job.client != client:
         job = None  # another key's job: as if it did not exist
     if job is None:
-        raise NotFoundError("job_not_found", f"no screening job {job_id!r}", id=job_id)
+        shown = job_id if len(job_id) <= MAX_JOB_ID_LENGTH else job_id[:MAX_JOB_ID_LENGTH] + "…"
+        raise NotFoundError("job_not_found", f"no screening job {shown!r}", id=shown)
     return job
+
+
+MAX_JOB_ID_LENGTH = 64
 
 
 async def _store(operation: Callable[..., _T], *args: Any) -> _T:

@@ -210,6 +210,9 @@ async def test_unknown_jobs_are_404(client):
         await client.delete("/screen/nope"),
     ):
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+    huge = await client.get("/screen/" + "a" * 50_000)  # was echoed whole: a 100 KB answer
+    assert huge.status_code == 404 and huge.json()["error"]["id"] == "a" * 64 + "…"
+    assert len(huge.content) < 1000
 
 
 async def test_cancel_stops_a_running_job_at_once_and_keeps_its_rows(models_dir: Path, tmp_path: Path):
