@@ -306,6 +306,10 @@ def _csv_header(source: str | Path | IO[bytes]) -> list[str]:
         start = source.tell()
         first = source.read(_HEADER_BYTES)
         source.seek(start)
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text": names came out garbled
+        raise InputFileError(
+            "unreadable_file", "the csv file is UTF-16; save it as UTF-8 (CSV UTF-8 in Excel)", format="csv"
+        )
     text = first.decode("utf-8-sig", errors="replace")
     try:
         return next(csv.reader(io.StringIO(text, newline="")), [])

@@ -75,3 +75,9 @@ def test_a_parquet_column_that_is_not_text_is_refused_by_its_type(column):
 def test_a_dictionary_encoded_parquet_column_reads_as_its_strings():
     column = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["Fe2O3", "NaCl"]))
     assert _parquet_upload(column) == ["Fe2O3", "NaCl", "Fe2O3"]
+
+
+def test_a_utf16_csv_is_refused_for_its_encoding_not_for_a_missing_column():
+    with pytest.raises(InputFileError) as refused:
+        _read_upload("formula,target\nFe2O3,1\n".encode("utf-16"))
+    assert refused.value.code == "unreadable_file" and "UTF-16" in refused.value.message
