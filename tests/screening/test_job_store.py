@@ -233,3 +233,15 @@ def test_a_big_formula_jobs_inputs_are_decoded_once_across_its_turns(jobs: JobSt
     assert first == big and runner._inputs("small") == ["KBr", "MgO", "CaO"]
     assert runner._inputs("big") is first  # the small job's turn did not drop it
     assert runner._inputs("small") is not runner._inputs("small")  # small lists are just read
+
+
+def test_inputs_read_back_in_order_across_lines_and_from_the_one_array_format() -> None:
+    import json
+    import zlib
+
+    from app.store.jobs import INPUT_LINE_ITEMS, decode_inputs, encode_inputs
+
+    many = [f"Li{i}O\n" if i % 7 == 0 else f"Na{i}Cl" for i in range(2 * INPUT_LINE_ITEMS + 5)]
+    assert decode_inputs(encode_inputs(many)) == many and decode_inputs(encode_inputs([])) == []
+    written_before = zlib.compress(json.dumps(["Fe2O3", "a\nb"], separators=(",", ":")).encode(), 6)
+    assert decode_inputs(written_before) == ["Fe2O3", "a\nb"]
