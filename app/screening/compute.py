@@ -102,6 +102,9 @@ class ScreenModels:
             model.property: {
                 "model": model.name,
                 "version": model.version,
+                # what its answers depend on besides the file (the chemistry, output rules such as
+                # elements_are_zero): a change mid-job is a model change too
+                "cache_version": model.cache_version,
                 "unit": model.unit,
                 "uncertainty": model.manifest.output.kind == "ensemble",
             }

@@ -296,13 +296,19 @@ class ScreeningRunner:
                     "submit the screen again",
                 )
         for model in models.models:
-            expected = job.models[model.property]["version"]
-            if model.version != expected:
+            described = job.models[model.property]
+            expected = described["version"]
+            # cache_version is recorded by jobs created since elements_are_zero
+            if (
+                model.version != expected
+                or described.get("cache_version", model.cache_version) != model.cache_version
+            ):
                 # Rows from two model versions in one ranking would be meaningless.
                 raise DomainError(
                     "model_changed",
-                    f"the {model.property} model changed from version {expected} to {model.version} "
-                    "while the job was queued or running; submit the screen again",
+                    f"the {model.property} model changed from version "
+                    f"{described.get('cache_version', expected)} to {model.cache_version} while the job "
+                    "was queued or running; submit the screen again",
                 )
         return models
 

@@ -87,3 +87,24 @@ def test_the_rule_is_part_of_the_cache_version(models, tmp_path):
     manifest.save(models / "fe")
     assert version() != with_rule
     assert with_rule.startswith(version())  # the same model file and chemistry
+
+
+async def test_a_job_queued_before_the_rule_changed_stops_instead_of_mixing_answers(models, tmp_path):
+    """The ONNX file (so the version) stays the same when the rule is switched on: a job that ran
+    across that restart would rank rows with Si at the network's guess beside rows with Si at 0."""
+    from app.inference.manifest import ModelManifest
+
+    settings = make_settings(
+        models, f"sqlite:///{tmp_path / 'jobs.db'}", screen_chunk_size=8, screen_chunk_pause_ms=2000.0
+    )
+    async with serve(settings) as (_, client):
+        job = (await client.post("/screen", json={"chemsys": "Fe-O-Si", "max_atoms": 6})).json()
+        await wait_for(client, job["id"], statuses=("running",))
+        recorded = (await client.get(f"/screen/{job['id']}")).json()["models"]["formation_enthalpy"]
+    manifest = ModelManifest.load(models / "fe")
+    manifest.output.elements_are_zero = False
+    manifest.save(models / "fe")
+    async with serve(settings) as (_, client):  # the restarted service resumes the job
+        stopped = await wait_for(client, job["id"], statuses=("failed",))
+    assert recorded["cache_version"].endswith(".e0")
+    assert stopped["status"] == "failed" and stopped["error"].startswith("model_changed")
