@@ -144,9 +144,13 @@ async def submit(request: Request) -> Response:
     except PayloadTooLargeError as error:
         # An upload is read only as far as the key's share allows (a 32 KB Parquet file can hold
         # 10M rows): past it, the answer is the key's quota, not the service's limit.
-        over_share = error.code == "too_many_compositions" and row_limit < settings.screen_max_compositions
+        # (a file past the service's own limit stays a 413: no wait would let it in)
+        count = error.details.get("count", 0)
+        over_share = (
+            error.code == "too_many_compositions" and row_limit < count <= settings.screen_max_compositions
+        )
         if client is not None and over_share:
-            await _within_quota(runner.jobs, client, error.details["count"], settings)
+            await _within_quota(runner.jobs, client, count, settings)
         raise
     prepared = await asyncio.to_thread(
         prepare_screen,
@@ -435,6 +439,14 @@ def _validated(body: Any) -> ScreenRequest:
         ) from None
 
 
+async def _gone(jobs: JobStore, job_id: str) -> bool:
+    """Whether the job was deleted; a database blip at the last step does not fail a whole file."""
+    try:
+        return await _store(jobs.get, job_id) is None
+    except JobsUnavailable:
+        return False
+
+
 class JobGoneDuringDownload(RuntimeError):
     """A job deleted while its file was being sent: the file must not end as if complete."""
 
@@ -461,7 +473,7 @@ async def _file_stream(jobs: JobStore, job: Job, file_format: ResultFormat) -> A
             header = False
         if writer is None and header:  # no rows at all: still a header
             yield _csv_bytes(rows_table([], properties), header=True)
-        if await _store(jobs.get, job.id) is None:
+        if await _gone(jobs, job.id):
             # Deleted while it was sent (a purge, the retention sweep): the rows stopped early.
             # Ending normally would hand the client a well-formed but truncated file; failing the
             # stream drops the connection without the last chunk, so the client sees an error.

@@ -144,6 +144,8 @@ def _json_text(value: object) -> str:
             return "(a number too long to show)"
     if not isinstance(value, list | tuple | dict):
         return json.dumps(value)  # a float (NaN and Infinity as json writes them)
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
     pieces, length = [], 0
     for piece in _LAZY_ENCODER.iterencode(value):
         pieces.append(piece)
@@ -394,10 +396,12 @@ def parse_formula(
     length = text.length if isinstance(text, LongFormula) else len(text.strip())
     if length == 0:
         raise FormulaError("empty_formula", "formula is empty")
-    if length > max_length:
+    # A LongFormula is refused even under a limit raised since: only its first characters are left.
+    if length > max_length or isinstance(text, LongFormula):
+        over = f"the limit is {max_length}" if length > max_length else "over the limit when it was submitted"
         raise FormulaError(
             "formula_too_long",
-            f"formula is {length} characters long, the limit is {max_length}",
+            f"formula is {length} characters long, {over}",
             length=length,
             limit=max_length,
         )

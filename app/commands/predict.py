@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from app.chemistry.formula import clip_formula
 from app.errors import DomainError
 from app.inference.predictor import (
     ItemError,
@@ -66,6 +67,7 @@ def predict(
 ) -> list[PredictionResult | ItemError]:
     """The service's answers for ``formulas``, computed in this process (no cache, no batcher)."""
     plan = predictor.plan(properties)
+    formulas = [clip_formula(text, predictor.max_formula_length) for text in formulas]  # as echoed
     parsed = [predictor.parse(text, plan.allowed) for text in formulas]
     good = [item for item in parsed if not isinstance(item, DomainError)]
     outputs = predictor.predict_parsed(good, [model.property for model in plan.models])

@@ -63,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if args.hull and (args.chemsys is None or stability is None):
         return _fail("--hull needs --chemsys and a formation_energy_mp model (e_above_hull)")
     try:
-        source = FileSource(Path(args.input), args.formula_column) if args.input else None
+        source = (
+            FileSource(Path(args.input), args.formula_column, settings.max_formula_length)
+            if args.input
+            else None
+        )
         prepared = prepare_screen(
             screen,
             registry,

@@ -17,9 +17,11 @@ from typing import IO, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from app.chemistry.formula import LongFormula
 from app.errors import DomainError, PayloadTooLargeError
 from app.screening.compute import ChunkResult
 from app.stability.assess import DERIVED_COLUMNS
@@ -192,33 +194,39 @@ def read_formulas(
         if hasattr(source, "seek"):
             source.seek(0)  # type: ignore[union-attr]
     formulas: list[str] = []
-    for batch in iter_formulas(source, column, file_format):
+    for batch in iter_formulas(source, column, file_format, max_formula_length=max_formula_length):
         formulas.extend(batch)
         if max_rows is not None:
             _check_rows(len(formulas), max_rows, at_least=file_format == "csv")
     return formulas
 
 
-# Bytes a formula of the longest allowed length can take in a Parquet page (4 per character in
-# UTF-8, a length prefix), and slack for page headers and statistics.
-_BYTES_PER_CHARACTER, _BYTES_PER_VALUE, _SLACK_BYTES = 4, 16, 1 << 20
+# What a formula column may unpack to, read from the footer before anything is unpacked: on
+# average 128 bytes a row (a formula of ~120 characters and its offset; real files hold ~20) and
+# 1 MiB for page headers and statistics, over the whole file. (Per row group, the slack let 40
+# one-row groups of 1 MiB cells through; a bound of the longest formula per row let 99,999 empty
+# rows pay for one 60 MB cell.) A cell over the length limit in a file within it is clipped
+# while still in Arrow (_texts) and refused alone, as formula_too_long.
+_AVERAGE_ROW_BYTES, _SLACK_BYTES = 128, 1 << 20
 
 
 def _check_unpacked_size(metadata: pq.FileMetaData, column: str, max_formula_length: int) -> None:
+    unpacked = 0
     for group in range(metadata.num_row_groups):
         row_group = metadata.row_group(group)
-        bound = row_group.num_rows * (_BYTES_PER_CHARACTER * max_formula_length + _BYTES_PER_VALUE)
         for index in range(row_group.num_columns):
             chunk = row_group.column(index)
-            if chunk.path_in_schema == column and chunk.total_uncompressed_size > bound + _SLACK_BYTES:
-                raise PayloadTooLargeError(
-                    "formula_column_too_large",
-                    f"column {column!r} unpacks to {chunk.total_uncompressed_size:,} bytes for "
-                    f"{row_group.num_rows:,} rows (row group {group}), more than formulas of at most "
-                    f"{max_formula_length} characters can hold (IBRNET_MAX_FORMULA_LENGTH)",
-                    column=column,
-                    limit=max_formula_length,
-                )
+            if chunk.path_in_schema == column:
+                unpacked += chunk.total_uncompressed_size
+    per_row = min(_AVERAGE_ROW_BYTES, 4 * max_formula_length + 16)
+    if unpacked > metadata.num_rows * per_row + _SLACK_BYTES:
+        raise PayloadTooLargeError(
+            "formula_column_too_large",
+            f"column {column!r} unpacks to {unpacked:,} bytes for {metadata.num_rows:,} rows, more than "
+            f"{per_row} bytes a row on average: a column of formulas is far smaller",
+            column=column,
+            limit=per_row,
+        )
 
 
 def _check_rows(rows: int, max_rows: int, at_least: bool = False) -> None:
@@ -233,17 +241,39 @@ def _check_rows(rows: int, max_rows: int, at_least: bool = False) -> None:
 
 
 def iter_formulas(
-    source: str | Path | IO[bytes], column: str, file_format: Format, batch_size: int = 65_536
+    source: str | Path | IO[bytes],
+    column: str,
+    file_format: Format,
+    batch_size: int = 65_536,
+    max_formula_length: int | None = None,
 ) -> Iterator[list[str]]:
-    """The file's formula column, a batch at a time (memory stays at one batch)."""
+    """The file's formula column, a batch at a time (memory stays at one batch). With
+    ``max_formula_length``, a longer formula comes as clip_formula makes it (a LongFormula of its
+    first characters), cut while still in Arrow: a 60 MB cell never becomes a Python string."""
     try:
         batches = _batches(source, column, file_format, batch_size)
         for batch in batches:
-            yield ["" if text is None else str(text) for text in batch.column(0).to_pylist()]
+            yield _texts(batch.column(0), max_formula_length)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
         raise InputFileError(
             "unreadable_file", f"cannot read the {file_format} file: {error}", format=file_format
         ) from None
+
+
+def _texts(column: pa.Array, max_formula_length: int | None) -> list[str]:
+    lengths = None
+    if max_formula_length is not None and len(column):
+        # clip_formula's rule, in Arrow: the length is counted without surrounding whitespace
+        lengths = pc.utf8_length(pc.utf8_trim_whitespace(column)).fill_null(0)
+        if pc.max(lengths).as_py() <= max_formula_length:
+            lengths = None
+        else:
+            column = pc.utf8_slice_codeunits(column, 0, max_formula_length)
+    texts = ["" if text is None else text for text in column.to_pylist()]
+    if lengths is not None:
+        for row in np.flatnonzero(lengths.to_numpy() > max_formula_length):
+            texts[row] = LongFormula.of_length(texts[row] + "…", int(lengths[row].as_py()))
+    return texts
 
 
 def count_formulas(source: str | Path, column: str, file_format: Format) -> int:
@@ -260,7 +290,8 @@ def _batches(
         parquet = pq.ParquetFile(source)
         if column not in parquet.schema_arrow.names:
             raise _missing_column(column, parquet.schema_arrow.names)
-        text = _text_type(column, parquet.schema_arrow.field(column).type)
+        schema = parquet.schema_arrow  # with two columns of the name, iter_batches reads the first
+        text = _text_type(column, schema.field(schema.get_all_field_indices(column)[0]).type)
         for batch in parquet.iter_batches(batch_size=batch_size, columns=[column]):
             # binary is read as UTF-8 text (invalid UTF-8: unreadable_file), not as "b'Fe2O3'"
             if batch.schema.field(0).type != text:

@@ -81,6 +81,7 @@ class ScreeningRunner:
         self._load_registry = load_registry
         self._registry: ModelRegistry | None = None
         self._kept_inputs: tuple[str, list[str]] | None = None  # (job id, its input formulas)
+        self._turn_given = False  # the last job run gave its turn to another (it has turns left)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,11 +152,12 @@ class ScreeningRunner:
                 failures += 1
                 continue
             if job is None:
-                self._kept_inputs = None  # no job waits for its next turn
+                self._kept_inputs = None  # no job waits for a next turn (one cancelled while queued)
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
                 continue
             self.current_job = job.id
+            self._turn_given = False
             try:
                 with self._heartbeat(job):  # from the claim on: loading the models can outlast a lease
                     self._run(job)
@@ -166,6 +168,9 @@ class ScreeningRunner:
                 self._finish(job, FAILED, "internal error; see the service log")
             finally:
                 self.current_job = None
+                kept = self._kept_inputs
+                if kept is not None and kept[0] == job.id and not self._turn_given:
+                    self._kept_inputs = None  # finished, cancelled, failed or taken over: no next turn
 
     def _run(self, job: Job) -> None:
         logger.info(
@@ -320,6 +325,7 @@ class ScreeningRunner:
             return False
         if self._with_store(lambda: self.jobs.give_turn(job.id, self.owner)):
             logger.info("screening job %s: gave its turn at row %d", job.id, done)
+            self._turn_given = True
         return True  # given, or no longer ours (cancelled): either way this runner stops here
 
     def _sweep(self) -> None:
@@ -350,8 +356,6 @@ class ScreeningRunner:
             logger.exception("screening job %s: cannot record that it failed", job.id)
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
-        if self._kept_inputs is not None and self._kept_inputs[0] == job.id:
-            self._kept_inputs = None
         try:
             self._with_store(lambda: self.jobs.finish(job.id, self.owner, status, error))
         except Exception:

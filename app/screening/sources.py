@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from app.chemistry.formula import MAX_FORMULA_LENGTH
 from app.screening.compute import ChunkResult, ScreenModels
 from app.screening.enumerate import ChemicalSpace
 from app.screening.io import Format, count_formulas, format_of, iter_formulas
@@ -64,6 +65,8 @@ class FileSource:
 
     path: Path
     column: str = "formula"
+    # a longer formula is read as its first characters (clip_formula), as the service stores one
+    max_formula_length: int = MAX_FORMULA_LENGTH
     file_format: Format = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,7 +80,9 @@ class FileSource:
         """Consecutive slices of exactly ``size`` rows (the last may be shorter)."""
         pending: list[str] = []
         first_row = 0
-        for batch in iter_formulas(self.path, self.column, self.file_format):
+        for batch in iter_formulas(
+            self.path, self.column, self.file_format, max_formula_length=self.max_formula_length
+        ):
             pending.extend(batch)
             while len(pending) >= size:
                 yield FormulaSource(pending[:size], first_row)

@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app.chemistry.formula import LongFormula, clip_formula
+from app.errors import PayloadTooLargeError
 from app.screening.io import InputFileError, read_formulas
 
 
@@ -81,3 +83,55 @@ def test_a_utf16_csv_is_refused_for_its_encoding_not_for_a_missing_column():
     with pytest.raises(InputFileError) as refused:
         _read_upload("formula,target\nFe2O3,1\n".encode("utf-16"))
     assert refused.value.code == "unreadable_file" and "UTF-16" in refused.value.message
+
+
+def _parquet_bytes_upload(table: pa.Table, **write_options) -> list[str]:
+    with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as handle:
+        pq.write_table(table, handle, compression="zstd", use_dictionary=False, **write_options)
+        handle.seek(0)
+        return read_formulas(handle, "formula", "parquet", max_rows=10**6, max_formula_length=256)
+
+
+@pytest.mark.parametrize(
+    "table, options",
+    [
+        # 40 row groups of one 1 MiB cell: the slack was allowed per row group
+        (pa.table({"formula": ["Fe2O3" * 210_000] * 40}), {"row_group_size": 1}),
+        # 99,999 empty rows paying for one 60 MB cell: the allowance was the longest formula per row
+        (pa.table({"formula": [""] * 99_999 + ["Fe2O3" * 12_000_000]}), {}),
+    ],
+    ids=["row-groups", "empty-rows"],
+)
+def test_a_parquet_column_is_bounded_over_the_whole_file_and_on_average(table, options):
+    with pytest.raises(PayloadTooLargeError) as refused:
+        _parquet_bytes_upload(table, **options)
+    assert refused.value.code == "formula_column_too_large"
+
+
+def test_one_overlong_formula_in_a_normal_file_comes_clipped_with_its_length():
+    rows = ["Fe2O3", "  " + "Li" * 1000 + "  ", "NaCl", "   Fe2O3   "]
+    read = _parquet_bytes_upload(pa.table({"formula": rows}))
+    assert read[0] == "Fe2O3" and read[2] == "NaCl" and read[3] == "   Fe2O3   "
+    assert (
+        isinstance(read[1], LongFormula)
+        and read[1].length == 2000
+        and read[1] == ("  " + "Li" * 1000)[:256] + "…"
+    )
+    assert read[1] == clip_formula(rows[1], 256) and read[1].length == clip_formula(rows[1], 256).length
+
+
+def test_a_parquet_file_with_two_formula_columns_reads_the_first():
+    """schema.field(name) raised KeyError on a duplicated name: a 500."""
+    table = pa.Table.from_arrays(
+        [pa.array(["Fe2O3", "NaCl"]), pa.array(["x", "y"])], names=["formula", "formula"]
+    )
+    assert _parquet_bytes_upload(table) == ["Fe2O3", "NaCl"]
+
+
+def test_a_clipped_formula_stays_too_long_under_a_limit_raised_since():
+    from app.chemistry.formula import FormulaError, parse_formula
+
+    clipped = clip_formula("Li" * 150, 256)  # 300 characters, kept as 256 and "…"
+    with pytest.raises(FormulaError) as refused:
+        parse_formula(clipped, max_length=512)  # a restart with a higher limit
+    assert refused.value.code == "formula_too_long" and refused.value.details["length"] == 300
