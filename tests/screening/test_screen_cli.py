@@ -36,7 +36,7 @@ def read(path: Path) -> pd.DataFrame:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dask_local_cluster_gives_the_services_predictions(models_dir: Path, tmp_path: Path):
-    formulas = [*oqmd_formulas(300, offset=1000), "Fe2Xx", "NaCl"]
+    formulas = [*oqmd_formulas(300, offset=1000), "Fe2Xx", "NaCl", "Li" * 1000]
     source = tmp_path / "candidates.parquet"
     pd.DataFrame({"formula": formulas}).to_parquet(source)
     out = tmp_path / "screened.csv"
@@ -46,14 +46,18 @@ async def test_dask_local_cluster_gives_the_services_predictions(models_dir: Pat
     )  # fmt: skip
     assert "on 2 Dask worker(s)" in result.stderr
     table = read(out)
-    assert list(table["formula"]) == formulas and list(table["index"]) == list(range(len(formulas)))
+    # A formula over the length limit is echoed as its first characters, as the service does.
+    echoed = [*formulas[:-1], "Li" * 128 + "…"]
+    assert list(table["formula"]) == echoed and list(table["index"]) == list(range(len(formulas)))
 
     async with serve(screen_settings(models_dir, tmp_path)) as (_, client):
         response = await client.post("/predict/batch", json={"formulas": formulas})
     served = response.json()["results"]
     for (_, row), answer in zip(table.iterrows(), served, strict=True):
+        assert row["formula"] == answer["formula"]
         if "error" in answer:
             assert row["error_code"] == answer["error"]["code"] and pd.isna(row["composition"])
+            assert row["error_message"] == answer["error"]["message"]  # "formula is 2000 characters ..."
             continue
         assert row["composition"] == answer["composition"] and pd.isna(row["error_code"])
         for name, prediction in answer["predictions"].items():
