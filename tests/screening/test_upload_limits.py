@@ -24,16 +24,21 @@ def tiny_parquet(rows: int) -> bytes:
     return buffer.getvalue()
 
 
+async def upload_measured(client, name: str, body: bytes, headers: dict | None = None):
+    """POST /screen with a file, and the peak of Python allocations while it is answered."""
+    tracemalloc.start()
+    try:
+        response = await client.post("/screen", files={"file": (name, body)}, headers=headers)
+        return response, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 async def test_a_parquet_file_of_millions_of_rows_is_refused_from_its_footer(models_dir, tmp_path):
     body = tiny_parquet(3_000_000)
     assert len(body) < 200_000
     async with serve(screen_settings(models_dir, tmp_path, screen_max_compositions=LIMIT)) as (_, client):
-        tracemalloc.start()
-        try:
-            response = await client.post("/screen", files={"file": ("many.parquet", body)})
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        response, peak = await upload_measured(client, "many.parquet", body)
         jobs = (await client.get("/screen")).json()["jobs"]
     assert response.status_code == 413, response.text
     error = response.json()["error"]
@@ -65,12 +70,7 @@ async def test_a_parquet_cell_that_unpacks_past_any_formula_is_refused_from_its_
     body = parquet_of(pa.array(["Fe2O3" * 4_000_000], pa.large_string()))  # 20 MB of text
     assert len(body) < 100_000
     async with serve(screen_settings(models_dir, tmp_path)) as (_, client):
-        tracemalloc.start()
-        try:
-            response = await client.post("/screen", files={"file": ("bomb.parquet", body)})
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        response, peak = await upload_measured(client, "bomb.parquet", body)
         jobs = (await client.get("/screen")).json()["jobs"]
     assert response.status_code == 413, response.text
     error = response.json()["error"]
@@ -89,14 +89,7 @@ async def test_a_key_past_its_share_is_refused_from_the_footer_too(models_dir, t
         screen_max_compositions=10**7,
     )
     async with serve(settings) as (_, client):
-        tracemalloc.start()
-        try:
-            response = await client.post(
-                "/screen", files={"file": ("many.parquet", tiny_parquet(3_000_000))}, headers=KEY
-            )
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        response, peak = await upload_measured(client, "many.parquet", tiny_parquet(3_000_000), KEY)
         fits = await client.post("/screen", files={"file": ("few.parquet", tiny_parquet(LIMIT))}, headers=KEY)
     assert response.status_code == 429, response.text
     error = response.json()["error"]
