@@ -28,7 +28,7 @@ class HullAnswers:
         return len(self._kept)
 
     async def get(self, key: str, build: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The answer for ``key`` (a job id with its hull reference), built by ``build`` if new."""
+        """The answer for ``key`` (a job id), built by ``build`` if new."""
         found = self._recall(key)
         if found is not None:
             return found

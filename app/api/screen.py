@@ -320,8 +320,7 @@ async def hull(job_id: str, request: Request) -> Response:
 
     # The job is checked above on every call (a purged one is 404), the answer built once.
     answers: HullAnswers = request.app.state.hull_answers
-    key = f"{job.id} {job.models[E_ABOVE_HULL]['reference']['sha256']}"
-    body = await answers.get(key, lambda: _store(build))
+    body = await answers.get(job.id, lambda: _store(build))  # a changed reference is refused above
     return Response(body, media_type="application/json")
 
 

@@ -121,11 +121,15 @@ class LongFormula(str):
         return text
 
 
-def clip_formula(text: str, max_length: int) -> str:
-    """``text``, or a LongFormula of its first ``max_length`` characters where it is longer."""
-    if len(text) <= max_length or isinstance(text, NotAString | LongFormula):
+def clip_formula(text: str, max_length: int, length: int | None = None) -> str:
+    """``text``, or a LongFormula of its first ``max_length`` characters where it is longer.
+    ``length`` is the stripped length when the caller knows it (``text`` may then be cut already)."""
+    if isinstance(text, NotAString | LongFormula):
         return text
-    length = len(text.strip())
+    if length is None:
+        if len(text) <= max_length:
+            return text
+        length = len(text.strip())
     return text if length <= max_length else LongFormula.of_length(text[:max_length] + "…", length)
 
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from app.chemistry.formula import LongFormula
+from app.chemistry.formula import clip_formula
 from app.errors import DomainError, PayloadTooLargeError
 from app.screening.compute import ChunkResult
 from app.stability.assess import DERIVED_COLUMNS
@@ -272,7 +272,7 @@ def _texts(column: pa.Array, max_formula_length: int | None) -> list[str]:
     texts = ["" if text is None else text for text in column.to_pylist()]
     if lengths is not None:
         for row in np.flatnonzero(lengths.to_numpy() > max_formula_length):
-            texts[row] = LongFormula.of_length(texts[row] + "…", int(lengths[row].as_py()))
+            texts[row] = clip_formula(texts[row], max_formula_length, int(lengths[row].as_py()))
     return texts
 
 
