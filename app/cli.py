@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     screen.add_argument("--max-uncertainty", type=float, help="drop rows less certain than this")
     screen.add_argument(
+        "--in-domain-only",
+        action="store_true",
+        help="drop rows outside any model's training domain (the in_domain column)",
+    )
+    screen.add_argument(
         "--hull",
         metavar="JSON",
         help="after a --chemsys screen with e_above_hull: write the predicted hull (known compounds "

@@ -86,6 +86,13 @@ class IntervalPublic(BaseModel):
     level: float = Field(description="Share of true values the interval holds, e.g. 0.9")
 
 
+class DomainWarningPublic(BaseModel):
+    code: str = Field(description="element_count or rare_element")
+    message: str = Field(
+        description="Human-readable: the composition's count or elements against the training data's"
+    )
+
+
 class PropertyPredictionPublic(BaseModel):
     value: float | None = Field(
         description="The prediction (null only if the model produced a non-finite number)"
@@ -100,9 +107,19 @@ class PropertyPredictionPublic(BaseModel):
     interval: IntervalPublic | None = Field(
         None,
         description="Where the model has an uncertainty: the true value lies in [low, high] for `level` "
-        "(0.9) of compositions like the validation split's (split-conformal calibration)",
+        "(0.9) of compositions like the validation split's (split-conformal calibration); null "
+        "outside the model's training domain",
     )
     cached: bool = Field(description="True when the value came from the prediction cache")
+    in_domain: bool | None = Field(
+        None,
+        description="Whether the composition is like the model's training compounds (element count "
+        "within theirs, each element in at least 10 of them); false: an extrapolation, without an "
+        "interval; null: the model records no training domain",
+    )
+    domain_warning: DomainWarningPublic | None = Field(
+        None, description="Why it is outside (in_domain false)"
+    )
 
 
 class PredictionPublic(BaseModel):

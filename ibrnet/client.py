@@ -235,10 +235,12 @@ class Client:
         given ``formulas``, predicted, filtered and ranked there.
 
         ``options`` are the other fields of POST /screen: ``max_atoms``, ``include_subsystems``,
-        ``properties``, ``sort_by``, ``ascending``, ``top_k``, ``filters``, ``max_uncertainty``.
+        ``properties``, ``sort_by``, ``ascending``, ``top_k``, ``filters``, ``max_uncertainty``,
+        ``in_domain_only``.
 
         With ``wait=True`` (default) it waits, with a progress bar of the job's progress, and returns
-        the rows (the DataFrame of ``predict`` plus ``index``, each row's input position) in the
+        the rows (the DataFrame of ``predict`` plus ``index``, each row's input position, and
+        ``in_domain``: inside every screened model's training domain) in the
         job's order: ranked when ``sort_by`` was given. ``wait=False`` returns a ``ScreenJob`` at
         once. A refused request (unknown element or property, too large) raises ServiceError.
         """

@@ -17,7 +17,9 @@ import pandas as pd
 
 # Fields of a property's answer that have their own columns or live in ``frame.attrs``; any other
 # field a newer service adds becomes a ``<property>_<field>`` column, so nothing is dropped.
-_SHAPED_FIELDS = frozenset({"value", "uncertainty", "interval", "unit", "model", "version", "cached"})
+_SHAPED_FIELDS = frozenset(
+    {"value", "uncertainty", "interval", "unit", "model", "version", "cached", "in_domain", "domain_warning"}
+)
 # Fields only the stability answer (e_above_hull) carries: their columns are named as the service
 # names them everywhere else (its CSV columns, a screen's sort_by and filters), so a notebook's
 # frame["p_stable"] matches sort_by="p_stable". Any other extra field is ``<property>_<field>``.
@@ -32,12 +34,15 @@ def results_frame(
     Columns: ``index`` (with ``index=True``: a screening row's input position), ``formula``,
     ``composition``, then for each property ``<property>`` and ``<property>_uncertainty`` (NaN for a
     model without one), ``<property>_low`` / ``<property>_high`` when the service sends intervals,
-    any other field of its answers as ``<property>_<field>`` (e_above_hull's ``p_stable``,
-    ``known``, ``decomposition``, ``reference_value`` and ``reference`` under those names), then
-    ``error_code`` and ``error_message`` (None on predicted rows; the values are NaN on refused
-    rows). ``properties`` fixes which property columns exist and their order (None: those
-    found in the results). ``frame.attrs["models"]`` maps each property to its model, version, unit
-    (and interval level) as the first row that has it reports them.
+    ``<property>_in_domain`` and ``<property>_domain_warning`` (its message) for a model that records
+    its training domain, any other field of its answers as ``<property>_<field>`` (e_above_hull's
+    ``p_stable``, ``known``, ``decomposition``, ``reference_value`` and ``reference`` under those
+    names), ``in_domain`` for screening rows (inside every screened model's
+    training domain, where one records it), then ``error_code`` and ``error_message``
+    (None on predicted rows; the values are NaN on refused rows). ``properties`` fixes which
+    property columns exist and their order (None: those found in the results).
+    ``frame.attrs["models"]`` maps each property to its model, version, unit (and interval level)
+    as the first row that has it reports them.
     """
     names = list(dict.fromkeys([*(properties or []), *_properties_in(results)]))
     n = len(results)
@@ -49,6 +54,8 @@ def results_frame(
     uncertainties = {name: np.full(n, np.nan) for name in names}
     lows: dict[str, np.ndarray] = {}
     highs: dict[str, np.ndarray] = {}
+    in_domain: dict[str, list[Any]] = {}  # property -> flag per row, for a model that records a domain
+    warnings: dict[str, list[Any]] = {}
     extras: dict[str, dict[str, list[Any]]] = {}  # property -> field -> column
     models: dict[str, dict[str, Any]] = {}
     for row, result in enumerate(results):
@@ -70,6 +77,12 @@ def results_frame(
                 highs.setdefault(name, np.full(n, np.nan))[row] = _number(interval.get("high"))
                 if "level" in interval:
                     models[name].setdefault("interval_level", interval["level"])
+            if answer.get("in_domain") is not None:
+                in_domain.setdefault(name, [None] * n)[row] = answer["in_domain"]
+                warning = answer.get("domain_warning")
+                warnings.setdefault(name, [None] * n)[row] = (
+                    warning.get("message") if isinstance(warning, Mapping) else None
+                )
             for field, value in answer.items():
                 if field not in _SHAPED_FIELDS:
                     extras.setdefault(name, {}).setdefault(field, [None] * n)[row] = value
@@ -85,8 +98,13 @@ def results_frame(
         if name in lows:
             columns[f"{name}_low"] = lows[name]
             columns[f"{name}_high"] = highs[name]
+        if name in in_domain:
+            columns[f"{name}_in_domain"] = pd.array(in_domain[name], dtype="boolean")
+            columns[f"{name}_domain_warning"] = pd.Series(warnings[name], dtype=object)
         for field, column in sorted(extras.get(name, {}).items()):
             columns.setdefault(field if field in SERVICE_COLUMNS else f"{name}_{field}", column)
+    if any(result.get("in_domain") is not None for result in results):  # a screen row's, every model's
+        columns["in_domain"] = pd.array([result.get("in_domain") for result in results], dtype="boolean")
     columns["error_code"] = error_code
     columns["error_message"] = error_message
     frame = pd.DataFrame(columns)

@@ -24,6 +24,7 @@ from app.inference.manifest import (
     ModelManifest,
     Output,
     SplitMetrics,
+    TrainingDomain,
     TrainingInfo,
     file_sha256,
 )
@@ -88,6 +89,7 @@ def write_model(
     name: str | None = None,
     salt: str = "",
     elements_are_zero: bool = False,
+    domain: TrainingDomain | None = None,
 ) -> ModelManifest:
     """A complete model folder (model.onnx + model.json) the registry accepts."""
     featurizer = get_featurizer("ef")
@@ -115,6 +117,7 @@ def write_model(
         training=TrainingInfo(command="tests/model_factory.py", seed=seed),
         onnx_sha256=file_sha256(model_dir / ONNX_FILE),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        domain=domain,
     )
     manifest.save(model_dir)
     return manifest

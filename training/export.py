@@ -41,6 +41,7 @@ from app.inference.manifest import (
 from training import calibration, fp16, intervals, onnx_model, row_int8, stability
 from training.data import Dataset, load_dataset
 from training.datasets import ZERO_FOR_ELEMENTS
+from training.domain import domain_of_request
 from training.member_weights import equal_weights, fitted_weights
 from training.metrics import calibration_metrics, prediction_metrics
 from training.nets import Ensemble, HeadedNet, combine, count_parameters
@@ -323,6 +324,7 @@ def export(run_dirs: list[Path], out_dir: Path, *, name: str | None = None, quan
         onnx_opset=OPSET,
         variants=variants,
         weights=storage,
+        domain=domain_of_request(first.data),
     )
     manifest.save(out_dir)
     if with_sigma and first.data.data == stability.CRITEXAM_DATASET:

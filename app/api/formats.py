@@ -82,7 +82,11 @@ async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[by
 
 # Every property's columns (_low/_high: the prediction interval, at the level model.json records);
 # a stability answer adds its own after them.
-_PROPERTY_COLUMNS = ("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached")
+# _in_domain: inside the model's training domain (empty: not recorded); _domain_warning: why not.
+_PROPERTY_COLUMNS = (
+    *("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached"),
+    *("_in_domain", "_domain_warning"),
+)
 _STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference_value", "reference")
 
 
@@ -113,6 +117,8 @@ def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
             p.model,
             p.version,
             "true" if p.cached else "false",
+            "" if p.in_domain is None else ("true" if p.in_domain else "false"),
+            "" if p.domain_warning is None else p.domain_warning["message"],
         ]
         if isinstance(p, StabilityPrediction):
             row += [

@@ -32,6 +32,7 @@ from app.api.hull_answers import HullAnswers
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
+from app.screening.compute import IN_DOMAIN
 from app.screening.enumerate import parse_chemsys
 from app.screening.io import MEDIA_TYPES, DrainedSink, ResultWriter, format_of, read_formulas, rows_table
 from app.screening.runner import ScreeningRunner
@@ -372,6 +373,8 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
         "formula": row.formula,
         "composition": row.composition,
         "predictions": predictions,
+        # inside every model's training domain (null: no model records its domain)
+        IN_DOMAIN: row.payload.get(IN_DOMAIN),
     }
 
 

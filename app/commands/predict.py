@@ -76,7 +76,9 @@ def predict(
         answers.append({})
         for model in plan.models:
             value, uncertainty = (float(v) for v in outputs[model.property][row])
-            answers[-1][model.property] = model.answer(value, uncertainty, cached=False)
+            answers[-1][model.property] = model.answer(
+                value, uncertainty, cached=False, elements=good[row].elements
+            )
     derived = predictor.derive_sync(plan, good, answers)
     shaped = iter(
         predictor.shape(plan, answer, extra) for answer, extra in zip(answers, derived, strict=True)
@@ -88,6 +90,9 @@ def predict(
         else:
             results.append(PredictionResult(text, item.canonical_key, next(shaped)))
     return results
+
+
+OUTSIDE_MARK = "*"  # beside an answer outside its model's training domain
 
 
 def render_table(results: list[PredictionResult | ItemError], properties: list[str]) -> str:
@@ -116,6 +121,10 @@ def render_table(results: list[PredictionResult | ItemError], properties: list[s
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         else:  # an error row: formula, then the message across the remaining columns
             lines.append(f"{row[0].ljust(widths[0])}  {row[1]}")
+    if any(cell.endswith(OUTSIDE_MARK) for row in rows for cell in row[2:]):
+        lines.append(
+            f"{OUTSIDE_MARK} outside the model's training domain: an extrapolation (--json says why)"
+        )
     return "\n".join(lines)
 
 
@@ -128,4 +137,4 @@ def _cell(prediction: PropertyPrediction | StabilityPrediction) -> str:
     if isinstance(prediction, StabilityPrediction) and prediction.p_stable is not None:
         # A stability answer is read by its probability first; "known" says it is in the reference.
         text = f"{text} p_stable {prediction.p_stable:.2f}{' known' if prediction.known else ''}"
-    return text
+    return f"{text} {OUTSIDE_MARK}" if prediction.in_domain is False else text

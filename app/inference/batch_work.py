@@ -105,10 +105,8 @@ class PredictionWork:
                 rows = np.fromiter((row_of[key] for key in keys), dtype=np.intp, count=len(keys))
                 own = features if np.array_equal(rows, np.arange(len(features))) else features[rows]
                 try:
-                    counts = np.fromiter(
-                        (len(asked[name][key].elements) for key in keys), np.int64, len(keys)
-                    )
-                    predictions[name].update(self._compute(models[name], keys, own, counts))
+                    formulas = [asked[name][key] for key in keys]
+                    predictions[name].update(self._compute(models[name], formulas, own))
                 except Exception as error:
                     failed[name] = error
         if failed:
@@ -135,7 +133,10 @@ class PredictionWork:
     ) -> tuple[dict[str, PropertyPrediction], list[str]]:
         """The cached answers, and the keys the cache does not hold."""
         cached = self.cache.lookup(model.cache_version, list(keys)) if self.cache is not None else {}
-        answers = {key: model.answer(row.value, row.uncertainty, cached=True) for key, row in cached.items()}
+        answers = {
+            key: model.answer(row.value, row.uncertainty, cached=True, elements=keys[key].elements)
+            for key, row in cached.items()
+        }
         misses = [key for key in keys if key not in cached]
         children = self._metrics(model)
         if cached:
@@ -145,24 +146,27 @@ class PredictionWork:
         return answers, misses
 
     def _compute(
-        self, model: LoadedModel, keys: list[str], features: np.ndarray, element_counts: np.ndarray
+        self, model: LoadedModel, formulas: list[ParsedFormula], features: np.ndarray
     ) -> dict[str, PropertyPrediction]:
         """One ONNX Runtime call; its rows go to the cache writer."""
         children = self._metrics(model)
         started = time.perf_counter()
+        counts = np.fromiter((len(formula.elements) for formula in formulas), np.int64, len(formulas))
         try:
-            outputs = model.predict(features, element_counts)
+            outputs = model.predict(features, counts)
         except Exception:
             children.failures.inc()
             raise
         children.inference_seconds.observe(time.perf_counter() - started)
-        children.batch_size.observe(len(keys))
+        children.batch_size.observe(len(formulas))
         fresh: dict[str, CachedPrediction] = {}
         answers: dict[str, PropertyPrediction] = {}
-        for key, (value, uncertainty) in zip(keys, outputs.tolist(), strict=True):
+        for formula, (value, uncertainty) in zip(formulas, outputs.tolist(), strict=True):
             row = CachedPrediction(value, None if math.isnan(uncertainty) else uncertainty)
-            fresh[key] = row
-            answers[key] = model.answer(row.value, row.uncertainty, cached=False)
+            fresh[formula.canonical_key] = row
+            answers[formula.canonical_key] = model.answer(
+                row.value, row.uncertainty, cached=False, elements=formula.elements
+            )
         if self.cache is not None:
             self.cache.save(model.cache_version, fresh)
         return answers

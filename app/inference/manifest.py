@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
@@ -113,6 +114,67 @@ class Output(BaseModel):
     elements_are_zero: bool = False
 
 
+# An element the network met in fewer labelled training compounds than this has too few examples
+# to have been learned, and no validation split holds enough of its compounds to say how well
+# (OQMD band gap: Kr is in 1 training compound, Xe in 28; 1 validation row has an element below 10).
+MIN_ELEMENT_COMPOUNDS = 10
+
+
+class TrainingDomain(BaseModel):
+    """The compositions a model's answers were measured on: those like its labelled training
+    compounds (a distilled student's teacher-labelled transfer compositions do not count).
+
+    Outside it an answer is an extrapolation: its uncertainty and interval were calibrated on
+    compositions unlike it (a single element's band gap came out 0 +- 0, interval [0, 0]; Si's
+    is about 0.6 eV). Such an answer says ``in_domain: false`` and why, and has no interval.
+    """
+
+    element_counts: tuple[int, int]  # fewest and most elements in one training compound
+    elements: dict[str, int]  # element -> labelled training compounds that contain it
+    min_compounds: int = MIN_ELEMENT_COMPOUNDS  # an element in fewer is outside
+    source: str = "the train split's labelled compounds"
+    _supported: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._supported = frozenset(e for e, n in self.elements.items() if n >= self.min_compounds)
+
+    def warning(self, elements: Sequence[str], exact_for_elements: bool = False) -> dict[str, str] | None:
+        """Why a composition of ``elements`` lies outside (None: inside). ``exact_for_elements``: a
+        single element's answer is fixed by definition (``elements_are_zero``), so it is inside."""
+        if exact_for_elements and len(elements) == 1:
+            return None
+        reasons: list[tuple[str, str]] = []
+        fewest, most = self.element_counts
+        if not fewest <= len(elements) <= most:
+            count = "a single element" if len(elements) == 1 else f"{len(elements)} elements"
+            reasons.append(
+                ("element_count", f"{count}; the model's training compounds have {fewest} to {most}")
+            )
+        rare = [e for e in elements if e not in self._supported]
+        if rare:
+            seen = ", ".join(f"{e} in {self.elements.get(e, 0)}" for e in rare)
+            reasons.append(("rare_element", f"few training compounds contain {seen} "
+                                            f"(fewer than {self.min_compounds})"))  # fmt: skip
+        if not reasons:
+            return None
+        return {
+            "code": reasons[0][0],
+            "message": "outside the training domain: " + "; ".join(m for _, m in reasons),
+        }
+
+    def inside(self, counts: np.ndarray, symbols: Sequence[str], rows: np.ndarray,
+               exact_for_elements: bool = False) -> np.ndarray:  # fmt: skip
+        """``warning(...) is None`` for a whole batch at once: ``counts`` [n] elements per formula,
+        ``symbols`` and ``rows`` [entries] each entry's element and formula (app/chemistry/ragged.py)."""
+        fewest, most = self.element_counts
+        inside = (counts >= fewest) & (counts <= most)
+        rare = np.fromiter((s not in self._supported for s in symbols), dtype=bool, count=len(symbols))
+        inside &= np.bincount(rows[rare], minlength=len(counts)) == 0
+        if exact_for_elements:
+            inside |= counts == 1
+        return inside
+
+
 class SplitMetrics(BaseModel):
     mae: float
     rmse: float
@@ -173,6 +235,8 @@ class ModelManifest(BaseModel):
     citations: list[str] = Field(default_factory=list)
     # models behind e_above_hull (formation_energy_mp): p_stable's calibration; None: Gaussian
     stability: StabilityCalibration | None = None
+    # where its answers hold (None: not recorded, every answer's in_domain is null)
+    domain: TrainingDomain | None = None
 
     @model_validator(mode="after")
     def _one_network_record_per_member(self) -> ModelManifest:

@@ -155,7 +155,7 @@ class Predictor:
         if isinstance(parsed, DomainError):
             self.metrics.formula_errors.labels(code=parsed.code).inc()
             raise parsed
-        answers = self._remembered(plan.models, parsed.canonical_key)
+        answers = self._remembered(plan.models, parsed)
         if answers is None:
             computed = await self._answers(plan.models, [parsed])
             answers = {model.property: answer[0] for model, answer in zip(plan.models, computed, strict=True)}
@@ -206,17 +206,21 @@ class Predictor:
         merged = {**answers, **derived}
         return {name: merged[name] for name in plan.outputs}  # type: ignore[misc]
 
-    def _remembered(self, models: Sequence[LoadedModel], key: str) -> dict[str, PropertyPrediction] | None:
+    def _remembered(
+        self, models: Sequence[LoadedModel], formula: ParsedFormula
+    ) -> dict[str, PropertyPrediction] | None:
         """Every model's answer from process memory, or None if one is missing: a repeat costs
         no batcher round trip and no thread hand-off (app/inference/recent.py)."""
         if self.cache is None:
             return None
         answers: dict[str, PropertyPrediction] = {}
         for model in models:
-            row = self.cache.recall(model.cache_version, key)
+            row = self.cache.recall(model.cache_version, formula.canonical_key)
             if row is None:
                 return None
-            answers[model.property] = model.answer(row.value, row.uncertainty, cached=True)
+            answers[model.property] = model.answer(
+                row.value, row.uncertainty, cached=True, elements=formula.elements
+            )
         for model in models:
             self._hits[model.property].inc()
         return answers

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from app.chemistry.elements import EF_ELEMENTS
 from app.chemistry.featurizers import Featurizer, get_featurizer
 from app.chemistry.fingerprint import chemistry_fingerprint
+from app.chemistry.ragged import RaggedBatch
 from app.errors import DomainError
 from app.inference.manifest import (
     INT8_ONNX_FILE,
@@ -67,16 +68,35 @@ class LoadedModel:
         rules = ".e0" if self.manifest.output.elements_are_zero else ""
         return f"{self.version}.{chemistry_fingerprint()[:12]}{rules}"
 
-    def answer(self, value: float, uncertainty: float | None, *, cached: bool) -> PropertyPrediction:
+    def answer(
+        self, value: float, uncertainty: float | None, *, cached: bool, elements: Sequence[str] | None = None
+    ) -> PropertyPrediction:
         """A model output (or its cache row) as every caller receives it: no NaN (JSON has none),
-        and the calibrated prediction interval where the model has an uncertainty and one."""
+        whether ``elements`` (the composition's) lie in the model's training domain, and the
+        calibrated prediction interval where the model has an uncertainty and one, in its domain."""
         finite = value if math.isfinite(value) else None
         sigma = uncertainty if uncertainty is not None and math.isfinite(uncertainty) else None
+        warning = self.domain_warning(elements) if elements is not None else None
+        in_domain = None if elements is None or self.manifest.domain is None else warning is None
         calibration, interval = self.manifest.output.interval, None
-        if calibration is not None and finite is not None and sigma is not None:
+        if calibration is not None and finite is not None and sigma is not None and warning is None:
             floor = self.manifest.architecture.config.get("target_floor")
             interval = Interval(*calibration.bounds(finite, sigma, floor), calibration.level)
-        return PropertyPrediction(finite, self.unit, self.name, self.version, sigma, interval, cached)
+        return PropertyPrediction(
+            finite, self.unit, self.name, self.version, sigma, interval, cached, in_domain, warning
+        )
+
+    def domain_warning(self, elements: Sequence[str]) -> dict[str, str] | None:
+        """Why a composition of ``elements`` is outside the training domain (None: inside, or unknown)."""
+        domain = self.manifest.domain
+        return None if domain is None else domain.warning(elements, self.manifest.output.elements_are_zero)
+
+    def in_domain(self, batch: RaggedBatch) -> np.ndarray:
+        """Per formula of ``batch``: inside the training domain (True everywhere if none is recorded)."""
+        domain = self.manifest.domain
+        if domain is None:
+            return np.ones(len(batch), dtype=bool)
+        return domain.inside(batch.counts, batch.symbols, batch.rows, self.manifest.output.elements_are_zero)
 
     def predict(self, features: np.ndarray, element_counts: np.ndarray) -> np.ndarray:
         """``run``, with the answers a model's target fixes by definition (``elements_are_zero``):

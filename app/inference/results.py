@@ -35,8 +35,12 @@ class PropertyPrediction:
     model: str
     version: str
     uncertainty: float | None  # ensemble (or distilled heads') standard deviation; None for a point model
-    interval: Interval | None  # where the model has an uncertainty and a calibrated interval
+    interval: Interval | None  # where the model has an uncertainty and a calibrated interval, in its domain
     cached: bool
+    # Whether the composition is like the model's training compounds (its manifest's domain; None:
+    # not recorded); outside, why ({"code", "message"}), and the answer has no interval.
+    in_domain: bool | None = None
+    domain_warning: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +51,8 @@ class PropertyPrediction:
             "uncertainty": self.uncertainty,
             "interval": None if self.interval is None else self.interval.to_dict(),
             "cached": self.cached,
+            "in_domain": self.in_domain,
+            "domain_warning": self.domain_warning,
         }
 
 

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             filters=parse_filters(args.filter or []),
             max_uncertainty=args.max_uncertainty,
+            in_domain_only=args.in_domain_only,
         )
     except ValidationError as error:
         return _fail("; ".join(problem["msg"] for problem in error.errors()))

@@ -29,6 +29,8 @@ from app.stability.assess import (
     models_to_run,
 )
 
+IN_DOMAIN = "in_domain"  # a screen row's flag: inside every screened model's training domain
+
 
 @dataclass
 class ChunkResult:
@@ -40,6 +42,9 @@ class ChunkResult:
     values: dict[str, np.ndarray]  # property -> float64
     uncertainties: dict[str, np.ndarray]  # property -> float64, NaN for point models
     errors: list[dict[str, Any] | None]
+    # 1.0 where the row lies inside every screened model's training domain, 0.0 where outside one,
+    # NaN where unknown (a refused row, or no model records its domain)
+    in_domain: np.ndarray
 
     def __len__(self) -> int:
         return len(self.formulas)
@@ -55,6 +60,7 @@ class ChunkResult:
             values={name: column[positions] for name, column in self.values.items()},
             uncertainties={name: column[positions] for name, column in self.uncertainties.items()},
             errors=[self.errors[i] for i in picked],
+            in_domain=self.in_domain[positions],
         )
 
 
@@ -123,6 +129,14 @@ class ScreenModels:
                 described[column] = {**source, "unit": "", "uncertainty": False, "derived_from": E_ABOVE_HULL}
         return described
 
+    def in_domain(self, batch: RaggedBatch) -> np.ndarray:
+        """Per formula: 1.0 inside every screened model's training domain, 0.0 outside one (NaN: no
+        model records its domain)."""
+        recorded = [model.in_domain(batch) for model in self.models if model.manifest.domain is not None]
+        if not recorded:
+            return np.full(len(batch), np.nan)
+        return np.logical_and.reduce(recorded).astype(np.float64)
+
     def predict_batch(self, batch: RaggedBatch) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(values, uncertainties) per model property; each feature set is computed once for all models."""
         features: dict[str, np.ndarray] = {}
@@ -162,7 +176,8 @@ class ScreenModels:
     ) -> ChunkResult:
         """An enumeration chunk: every row is valid by construction (elements checked up front)."""
         keys = encoder.keys(amounts)
-        values, uncertainties = self.predict_batch(encoder.batch(amounts))
+        batch = encoder.batch(amounts)
+        values, uncertainties = self.predict_batch(batch)
         if self.stability is not None:
             hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
             self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1))
@@ -173,6 +188,7 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=[None] * len(amounts),
+            in_domain=self.in_domain(batch),
         )
 
     def predict_formulas(self, formulas: Sequence[str], first_row: int) -> ChunkResult:
@@ -198,8 +214,11 @@ class ScreenModels:
             compositions[position] = formula.canonical_key
         values = {name: np.full(len(formulas), np.nan) for name in self.properties}
         uncertainties = {name: np.full(len(formulas), np.nan) for name in self.properties}
+        in_domain = np.full(len(formulas), np.nan)
         if parsed:
-            got_values, got_uncertainties = self.predict_batch(RaggedBatch.from_formulas(parsed))
+            batch = RaggedBatch.from_formulas(parsed)
+            in_domain[valid] = self.in_domain(batch)
+            got_values, got_uncertainties = self.predict_batch(batch)
             if self.stability is not None:
                 hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
                 keys = [formula.canonical_key for formula in parsed]
@@ -215,16 +234,19 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=errors,
+            in_domain=in_domain,
         )
 
 
 def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:
     """Boolean mask of the rows that satisfy every filter (refused rows never do, if any filter is set)."""
     keep = np.ones(len(result), dtype=bool)
-    filtering = bool(request.filters) or request.max_uncertainty is not None
+    filtering = bool(request.filters) or request.max_uncertainty is not None or request.in_domain_only
     if not filtering:
         return keep
     keep &= np.array([error is None for error in result.errors], dtype=bool)
+    if request.in_domain_only:
+        keep &= result.in_domain != 0.0  # NaN (no model records a domain) is not evidence of outside
     for name, bounds in request.filters.items():
         keep &= _within(result.values[name], result.uncertainties[name], bounds)
     if request.max_uncertainty is not None:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from app.chemistry.formula import clip_formula
 from app.errors import DomainError, PayloadTooLargeError
-from app.screening.compute import ChunkResult
+from app.screening.compute import IN_DOMAIN, ChunkResult
 from app.stability.assess import DERIVED_COLUMNS
 
 Format = Literal["csv", "parquet"]
@@ -60,6 +60,7 @@ def result_schema(properties: Sequence[str]) -> pa.Schema:
         fields += [pa.field(name, _TYPES.get(name, pa.float64()))]
         if name not in DERIVED_COLUMNS:  # p_stable and known are e_above_hull's: no uncertainty
             fields += [pa.field(f"{name}_uncertainty", pa.float64())]
+    fields += [pa.field(IN_DOMAIN, pa.bool_())]  # inside every model's training domain (null: unknown)
     fields += [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
     return pa.schema(fields)
 
@@ -79,6 +80,7 @@ def chunk_table(result: ChunkResult, properties: Sequence[str]) -> pa.Table:
             columns.append(pa.array(values, pa.float64(), from_pandas=True))
         if name not in DERIVED_COLUMNS:
             columns.append(pa.array(result.uncertainties[name], pa.float64(), from_pandas=True))
+    columns.append(pa.array(result.in_domain == 1.0, pa.bool_(), mask=np.isnan(result.in_domain)))
     columns += [
         [None if error is None else error["code"] for error in result.errors],
         [None if error is None else error["message"] for error in result.errors],
@@ -106,6 +108,7 @@ def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.
         values=values,
         uncertainties=uncertainties,
         errors=[row.get("error") for row in rows],
+        in_domain=np.array([np.nan if row.get(IN_DOMAIN) is None else float(row[IN_DOMAIN]) for row in rows]),
     )
     return chunk_table(result, properties)
 

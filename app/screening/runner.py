@@ -24,7 +24,7 @@ from typing import Any
 
 from app.errors import DomainError
 from app.inference.registry import ModelRegistry
-from app.screening.compute import ChunkResult, ScreenModels, passes_filters, rank_within
+from app.screening.compute import IN_DOMAIN, ChunkResult, ScreenModels, passes_filters, rank_within
 from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
@@ -406,6 +406,7 @@ def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]
     values = {name: column.tolist() for name, column in result.values.items()}
     uncertainties = {name: column.tolist() for name, column in result.uncertainties.items()}
     sort_values = values[sort_by] if sort_by is not None else None
+    in_domain = result.in_domain.tolist()
     rows = []
     for i, (index, formula, composition, error) in enumerate(
         zip(result.row_index.tolist(), result.formulas, result.compositions, result.errors, strict=True)
@@ -416,6 +417,8 @@ def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]
             payload = {
                 "p": {name: [_finite(values[name][i]), _finite(uncertainties[name][i])] for name in values}
             }
+            if not math.isnan(in_domain[i]):
+                payload[IN_DOMAIN] = in_domain[i] == 1.0
         rows.append(
             {
                 "row_index": index,

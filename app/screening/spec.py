@@ -58,6 +58,9 @@ class ScreenRequest(BaseModel):
     # Applies to every property whose model reports an uncertainty (ensembles); point models
     # have none, so it does not touch them.
     max_uncertainty: float | None = Field(None, ge=0)
+    in_domain_only: bool = Field(
+        False, description="keep only rows inside every screened model's training domain (in_domain)"
+    )
 
     @field_validator("max_atoms", mode="before")
     @classmethod

@@ -108,6 +108,8 @@ class StabilityPrediction:
     uncertainty: float | None
     interval: Interval | None  # the source model's interval, moved with the value onto the hull's scale
     cached: bool
+    in_domain: bool | None  # the source model's: its formation energy is what may be extrapolated
+    domain_warning: dict[str, str] | None
     p_stable: float | None
     decomposition: dict[str, float] | None  # competing phases -> share of the atoms
     known: bool  # the composition itself is in the reference
@@ -274,6 +276,8 @@ class StabilityAssessor:
                 uncertainty=None,
                 interval=None,
                 cached=source.cached,
+                in_domain=source.in_domain,
+                domain_warning=source.domain_warning,
                 p_stable=None,
                 decomposition=None,
                 known=bool(known[row]),

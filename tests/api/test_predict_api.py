@@ -21,7 +21,17 @@ from tests.model_factory import STANDARD_MODELS, reference_outputs
 pytestmark = pytest.mark.anyio
 
 PROPERTIES = sorted(str(spec["property_name"]) for spec in STANDARD_MODELS)
-FIELDS = {"value", "unit", "model", "version", "uncertainty", "interval", "cached"}
+FIELDS = {
+    "value",
+    "unit",
+    "model",
+    "version",
+    "uncertainty",
+    "interval",
+    "cached",
+    "in_domain",
+    "domain_warning",
+}
 
 
 def expected(app: FastAPI, formula: str, property_name: str) -> tuple[float, float]:

@@ -50,9 +50,12 @@ async def test_enumeration_job_has_every_composition_once_with_the_services_pred
     )
     assert response.status_code == 202, response.text
     submitted = response.json()
-    assert submitted["status"] == "queued" and response.headers["location"] == f"/screen/{submitted['id']}"
+    # A snapshot: the runner may have taken the job before the answer was written (seen on 2 cores).
+    assert submitted["status"] in ("queued", "running")
+    assert response.headers["location"] == f"/screen/{submitted['id']}"
     expected = space_keys("Li-Fe-O", 6)
-    assert submitted["progress"] == {"done": 0, "total": len(expected)}
+    assert submitted["progress"]["total"] == len(expected)
+    assert submitted["progress"]["done"] in (0, len(expected))
 
     job = await wait_for(client, submitted["id"])
     assert job["progress"] == {"done": len(expected), "total": len(expected)}

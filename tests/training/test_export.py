@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from app.chemistry.formula import parse_formula
 from app.cli import main
 from app.inference.manifest import INT8_ONNX_FILE, ONNX_FILE, ModelManifest, file_sha256
 from training import export as export_module
@@ -70,6 +71,7 @@ def test_chain_train_export_evaluate_predict(exported, capsys):
     for key in ("mae", "rmse", "r2"):  # reproduced exactly, not approximately
         assert scored[key] == getattr(manifest.metrics["test"], key)
     assert scored["version"] == manifest.version
+    assert scored["outside_domain"]["n"] >= 0  # counted against the training domain it records
 
     assert main([*args, "--variant", "int8", "--json"]) == 0
     scored_int8 = json.loads(capsys.readouterr().out)
@@ -98,6 +100,13 @@ def test_manifest_is_complete(exported, trained_run):
         "val": 0,
         "test": 0,
     }
+    # The training domain: counted from the 2,000 labelled train compounds the network saw.
+    train = load_dataset(DataRequest(data="oqmd-formation-enthalpy", limit=2000), splits=("train",))
+    parsed = [parse_formula(text).elements for text in train.splits["train"].formulas]
+    assert manifest.domain is not None
+    assert manifest.domain.element_counts == (min(map(len, parsed)), max(map(len, parsed)))
+    assert manifest.domain.elements["O"] == sum("O" in elements for elements in parsed)
+    assert sum(manifest.domain.elements.values()) == sum(map(len, parsed))
     training = manifest.training
     assert training.command.startswith("ibrnet train --data oqmd-formation-enthalpy")
     assert training.seed == 0 and training.epochs == 2 and training.best_epoch in (1, 2)

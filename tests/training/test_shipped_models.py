@@ -11,6 +11,7 @@ from app.inference.manifest import MANIFEST_FILE, ModelManifest
 from app.inference.registry import ModelRegistry
 from app.settings import REPOSITORY_MODELS_DIR
 from training.data import DataRequest
+from training.domain import domain_of_request
 from training.evaluate import evaluate
 
 MODELS_BUDGET_BYTES = 120 * 1000 * 1000  # the repository's budget for models/
@@ -57,3 +58,5 @@ def test_evaluate_reproduces_the_published_test_figures(model_dir: Path):
         assert scored["mae"] == published["test"].mae  # exactly: same rows, same ORT settings
         for key in ("within_1_sigma", "within_2_sigma", "sigma_error_spearman", "interval_coverage"):
             assert scored.get(key) == getattr(published["test"], key), key  # calibration and interval too
+    # The training domain it records is its own train split's (scripts/record_training_domain.py).
+    assert manifest.domain == domain_of_request(request)

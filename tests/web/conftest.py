@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from app.inference.manifest import ModelManifest
+from tests.api.harness import oqmd_formulas
 from tests.model_factory import write_paper_reference
 from tests.server_process import ibrnet_serve
+from training.domain import training_domain
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # CI runs as root
@@ -32,6 +35,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+BAND_GAP_MODEL = "oqmd-band-gap"
 # The screen tests need to see a job while it runs: small chunks with a pause between them.
 SLOW_SCREENS = {"IBRNET_SCREEN_CHUNK_SIZE": "8", "IBRNET_SCREEN_CHUNK_PAUSE_MS": "400"}
 
@@ -61,7 +65,13 @@ def server(mp_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     the page shows e_above_hull and its fields as a deployment with stability does."""
     folder = tmp_path_factory.mktemp("web")
     env = {**SLOW_SCREENS, "IBRNET_HULL_REFERENCE": str(write_paper_reference(folder))}
-    with ibrnet_serve(mp_models_dir, f"sqlite:///{folder / 'ibrnet.db'}", folder, env=env) as (base, _):
+    models = folder / "models"
+    shutil.copytree(mp_models_dir, models)
+    # The band-gap model records a training domain (real OQMD train compounds), as shipped ones do.
+    manifest = ModelManifest.load(models / BAND_GAP_MODEL)
+    manifest.domain = training_domain(oqmd_formulas(3000, split="train"))
+    manifest.save(models / BAND_GAP_MODEL)
+    with ibrnet_serve(models, f"sqlite:///{folder / 'ibrnet.db'}", folder, env=env) as (base, _):
         yield base
 
 

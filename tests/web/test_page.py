@@ -218,3 +218,16 @@ def test_stability_fields_and_the_predicted_hull_are_shown(page, server, screens
     legend = [node.text_content() for node in page.query_selector_all("#screen-map .legendtext")]
     assert "predicted hull" in legend
     page.screenshot(path=screenshots_dir / "screen-stability.png", full_page=True)
+
+
+def test_an_answer_outside_the_training_domain_is_flagged(page, screenshots_dir):
+    """Si has one element; the band-gap model's training compounds have 2 to 7: an extrapolation."""
+    page.fill("#single-formula", "Si")
+    page.press("#single-formula", "Enter")
+    page.wait_for_selector("#single-result [data-role=composition]")
+    warnings = page.query_selector_all("#single-result [data-role=domain-warning]")
+    assert [w.get_attribute("data-property") for w in warnings] == ["band_gap"]
+    assert "a single element; the model's training compounds have 2 to 7" in warnings[0].inner_text()
+    interval = page.inner_text("#single-result tr[data-property=band_gap] [data-role=interval]")
+    assert "outside training domain" in interval
+    page.screenshot(path=screenshots_dir / "outside-domain.png")

@@ -61,11 +61,15 @@ export function predictionCard(answer) {
       el("td", { class: "num", "data-role": "value", "data-value": p.value ?? "" }, formatNumber(p.value)),
       el("td", {}, p.unit),
       el("td", { class: "num", "data-role": "uncertainty" }, p.uncertainty == null ? "—" : `± ${formatNumber(p.uncertainty)}`),
-      el("td", { class: "num", "data-role": "interval" }, intervalText(p.interval)),
+      el("td", { class: "num", "data-role": "interval" }, p.in_domain === false ? "— (outside training domain)" : intervalText(p.interval)),
       withExtras ? el("td", { class: "wrap" }, extrasText(p)) : null,
       el("td", { class: "muted" }, `${p.model} ${p.version}${p.cached ? " (cached)" : ""}`),
     ),
   );
+  // An answer outside its model's training domain is an extrapolation: say which, and why.
+  const warnings = entries
+    .filter(([, p]) => p.in_domain === false && p.domain_warning)
+    .map(([property, p]) => el("li", { "data-role": "domain-warning", "data-property": property }, `${label(property)}: ${p.domain_warning.message}`));
   return el(
     "div",
     { class: "card" },
@@ -78,6 +82,7 @@ export function predictionCard(answer) {
         el("tbody", {}, ...rows),
       ),
     ),
+    warnings.length ? el("ul", { class: "warnings" }, ...warnings) : null,
   );
 }
 
