@@ -9,7 +9,7 @@ from itertools import chain
 
 import numpy as np
 
-from app.chemistry.formula import ParsedFormula
+from app.chemistry.formula import ATOMIC_NUMBER, ParsedFormula
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,11 @@ class RaggedBatch:
         for size, rows in zip(sizes, np.split(order, first[1:]), strict=True):
             groups.append((rows, self.starts[rows, None] + np.arange(size)))
         return tuple(groups)
+
+    @cached_property
+    def atomic_numbers(self) -> np.ndarray:
+        """Each entry's atomic number, int64 [n_entries]: for per-element lookups in numpy."""
+        return np.fromiter((ATOMIC_NUMBER[s] for s in self.symbols), dtype=np.int64, count=len(self.symbols))
 
     def element_indices(self, index: Mapping[str, int], featurizer: str) -> np.ndarray:
         """Each entry's position in a featurizer's element table; names every unsupported element."""

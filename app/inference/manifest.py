@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from app.chemistry.formula import ATOMIC_NUMBER
+
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
@@ -134,17 +136,23 @@ class TrainingDomain(BaseModel):
     min_compounds: int = MIN_ELEMENT_COMPOUNDS  # an element in fewer is outside
     source: str = "the train split's labelled compounds"
     _supported: frozenset[str] = PrivateAttr(default=frozenset())
+    _supported_z: np.ndarray = PrivateAttr(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def model_post_init(self, context: Any, /) -> None:
         self._supported = frozenset(e for e, n in self.elements.items() if n >= self.min_compounds)
+        # the same set by atomic number, so a batch is checked in numpy (a screen checks millions)
+        self._supported_z = np.zeros(max(ATOMIC_NUMBER.values()) + 1, dtype=bool)
+        self._supported_z[[ATOMIC_NUMBER[e] for e in self._supported if e in ATOMIC_NUMBER]] = True
 
     def warning(self, elements: Sequence[str], exact_for_elements: bool = False) -> dict[str, str] | None:
         """Why a composition of ``elements`` lies outside (None: inside). ``exact_for_elements``: a
         single element's answer is fixed by definition (``elements_are_zero``), so it is inside."""
-        if exact_for_elements and len(elements) == 1:
-            return None
-        reasons: list[tuple[str, str]] = []
         fewest, most = self.element_counts
+        if (fewest <= len(elements) <= most and self._supported.issuperset(elements)) or (
+            exact_for_elements and len(elements) == 1
+        ):
+            return None  # inside: the common case, answered without building a message
+        reasons: list[tuple[str, str]] = []
         if not fewest <= len(elements) <= most:
             count = "a single element" if len(elements) == 1 else f"{len(elements)} elements"
             reasons.append(
@@ -162,13 +170,13 @@ class TrainingDomain(BaseModel):
             "message": "outside the training domain: " + "; ".join(m for _, m in reasons),
         }
 
-    def inside(self, counts: np.ndarray, symbols: Sequence[str], rows: np.ndarray,
+    def inside(self, counts: np.ndarray, atomic_numbers: np.ndarray, rows: np.ndarray,
                exact_for_elements: bool = False) -> np.ndarray:  # fmt: skip
         """``warning(...) is None`` for a whole batch at once: ``counts`` [n] elements per formula,
-        ``symbols`` and ``rows`` [entries] each entry's element and formula (app/chemistry/ragged.py)."""
+        ``atomic_numbers`` and ``rows`` [entries] each entry's element and formula (RaggedBatch)."""
         fewest, most = self.element_counts
         inside = (counts >= fewest) & (counts <= most)
-        rare = np.fromiter((s not in self._supported for s in symbols), dtype=bool, count=len(symbols))
+        rare = ~self._supported_z[atomic_numbers]
         inside &= np.bincount(rows[rare], minlength=len(counts)) == 0
         if exact_for_elements:
             inside |= counts == 1

@@ -96,7 +96,8 @@ class LoadedModel:
         domain = self.manifest.domain
         if domain is None:
             return np.ones(len(batch), dtype=bool)
-        return domain.inside(batch.counts, batch.symbols, batch.rows, self.manifest.output.elements_are_zero)
+        exact = self.manifest.output.elements_are_zero
+        return domain.inside(batch.counts, batch.atomic_numbers, batch.rows, exact)
 
     def predict(self, features: np.ndarray, element_counts: np.ndarray) -> np.ndarray:
         """``run``, with the answers a model's target fixes by definition (``elements_are_zero``):

@@ -68,7 +68,7 @@ def test_the_batch_rule_agrees_with_the_per_formula_rule(domain):
     parsed = [parse_formula(text) for text in formulas]
     batch = RaggedBatch.from_formulas(parsed)
     for exact in (False, True):
-        inside = domain.inside(batch.counts, batch.symbols, batch.rows, exact)
+        inside = domain.inside(batch.counts, batch.atomic_numbers, batch.rows, exact)
         expected = [domain.warning(formula.elements, exact) is None for formula in parsed]
         assert inside.tolist() == expected
     assert 0 < sum(expected) < len(expected)  # both kinds are among them
