@@ -129,3 +129,16 @@ async def _nothing() -> dict[str, object]:
 def client_of(scope: Scope) -> str | None:
     """The request's identity (None with keys off: everyone is the same client)."""
     return scope.get("state", {}).get("client")
+
+
+def queue_identity(scope: Scope) -> str:
+    """Whose turn a screen takes in the queue: the key's identity, or with keys off the peer
+    address's (hashed; as the server sees it, so behind a proxy that does not forward addresses
+    every client is one, and turns go round the jobs as before). It decides turns only: with keys
+    off, every client still sees and stops every job."""
+    client = client_of(scope)
+    if client is not None:
+        return client
+    peer = scope.get("client")
+    host = str(peer[0]) if peer else "unknown"
+    return "peer-" + hashlib.sha256(host.encode()).hexdigest()[:CLIENT_ID_CHARS]

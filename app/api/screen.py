@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from app.api.access import client_of
+from app.api.access import client_of, queue_identity
 from app.api.blocking import off_the_loop_if_large
 from app.api.formats import dumps, json_response, preferred
 from app.api.hull_answers import HullAnswers
@@ -175,7 +175,7 @@ async def submit(request: Request) -> Response:
             prepared.models.describe(),
             prepared.total,
             prepared.formulas,
-            client,
+            queue_identity(request.scope),
         )
     runner.wake()
     response = json_response(job_view(job), status_code=202)

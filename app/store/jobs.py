@@ -66,7 +66,8 @@ class ScreeningJobRecord(Base):
     owner: Mapped[str | None] = mapped_column(String(64))
     # When it last gave its turn to a waiting job (fair scheduling): it queues again from there.
     turn_at: Mapped[float | None] = mapped_column(Float(precision=53))
-    # Who submitted it (a hash of the API key; None with keys off): only they see and stop it.
+    # Who submitted it (a hash of the API key: only they see and stop it; with keys off, of the
+    # peer address, for fair turns only: app/api/access.py queue_identity).
     client: Mapped[str | None] = mapped_column(String(64), index=True)
     # Times are epoch seconds: identical on SQLite and PostgreSQL, and compared as numbers.
     heartbeat: Mapped[float | None] = mapped_column(Float(precision=53))
@@ -291,34 +292,54 @@ class JobStore:
     # -- the runner's side -----------------------------------------------------------------------
 
     def claim(self, owner: str, lease_s: float) -> Job | None:
-        """Take the oldest queued job, or a running one whose runner stopped renewing its lease."""
+        """Take a queued job, or a running one whose runner stopped renewing its lease: the oldest of
+        the client served longest ago, so turns go round the clients, not only the jobs (six big
+        screens of one client kept another's three formulas waiting 62 s behind all six)."""
         now = time.time()
         claimable = or_(
             _JOBS.c.status == QUEUED, and_(_JOBS.c.status == RUNNING, _JOBS.c.heartbeat < now - lease_s)
         )
         # A job that gave its turn queues again from that moment, behind the jobs already waiting.
         queued_since = func.coalesce(_JOBS.c.turn_at, _JOBS.c.created_at)
-        candidates = select(_JOBS.c.id).where(claimable).order_by(queued_since).limit(8)
+        waiting = select(_JOBS.c.client).where(claimable).group_by(_JOBS.c.client)
+        # A client is being served while one of its jobs runs (another runner's), else it was
+        # last served when one of its jobs gave its turn; never: first.
+        serving = and_(_JOBS.c.status == RUNNING, _JOBS.c.heartbeat >= now - lease_s)
+        last_served = (
+            select(_JOBS.c.client, func.max(case((serving, now), else_=_JOBS.c.turn_at)))
+            .where(_JOBS.c.status.in_((QUEUED, RUNNING)))
+            .group_by(_JOBS.c.client)
+        )
         with self._guard("claim"), self._engine.connect() as connection:
-            job_ids = list(connection.execute(candidates).scalars())
-        for job_id in job_ids:
-            statement = (
-                update(ScreeningJobRecord)
-                .where(_JOBS.c.id == job_id, claimable)
-                .values(
-                    status=RUNNING,
-                    owner=owner,
-                    heartbeat=now,
-                    attempts=_JOBS.c.attempts + 1,
-                    started_at=func.coalesce(_JOBS.c.started_at, now),
-                )
-            )
-            # The conditional UPDATE is the claim: of several runners, exactly one sees rowcount 1.
-            with self._guard("claim"), self._engine.begin() as connection:
-                claimed = connection.execute(statement).rowcount == 1
-            if claimed:  # read back after the commit, so the snapshot shows the claim
-                return self.get(job_id)
+            clients = list(connection.execute(waiting).scalars())
+            served = {client: at for client, at in connection.execute(last_served).all()}
+        for client in sorted(clients, key=lambda c: (served.get(c) is not None, served.get(c) or 0.0)):
+            of_client = _JOBS.c.client.is_(None) if client is None else _JOBS.c.client == client
+            candidates = select(_JOBS.c.id).where(claimable, of_client).order_by(queued_since).limit(8)
+            with self._guard("claim"), self._engine.connect() as connection:
+                job_ids = list(connection.execute(candidates).scalars())
+            for job_id in job_ids:
+                job = self._take(job_id, claimable, owner, now)
+                if job is not None:
+                    return job
         return None
+
+    def _take(self, job_id: str, claimable: Any, owner: str, now: float) -> Job | None:
+        statement = (
+            update(ScreeningJobRecord)
+            .where(_JOBS.c.id == job_id, claimable)
+            .values(
+                status=RUNNING,
+                owner=owner,
+                heartbeat=now,
+                attempts=_JOBS.c.attempts + 1,
+                started_at=func.coalesce(_JOBS.c.started_at, now),
+            )
+        )
+        # The conditional UPDATE is the claim: of several runners, exactly one sees rowcount 1.
+        with self._guard("claim"), self._engine.begin() as connection:
+            claimed = connection.execute(statement).rowcount == 1
+        return self.get(job_id) if claimed else None  # read after the commit: the snapshot shows it
 
     def commit_chunk(
         self,

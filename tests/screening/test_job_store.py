@@ -245,3 +245,27 @@ def test_inputs_read_back_in_order_across_lines_and_from_the_one_array_format() 
     assert decode_inputs(encode_inputs(many)) == many and decode_inputs(encode_inputs([])) == []
     written_before = zlib.compress(json.dumps(["Fe2O3", "a\nb"], separators=(",", ":")).encode(), 6)
     assert decode_inputs(written_before) == ["Fe2O3", "a\nb"]
+
+
+def job_of(jobs: JobStore, client: str) -> str:
+    job_id = f"job{time.monotonic_ns()}"
+    jobs.create(
+        job_id, {"sort_by": None}, {"x": {"model": "m", "version": "v", "unit": "u"}}, 100, None, client
+    )
+    return job_id
+
+
+def test_turns_go_round_the_clients_not_only_the_jobs(jobs: JobStore) -> None:
+    """Client a queued three jobs before client b queued one: after a's first turn, b's job runs
+    next, not a's second (turns by job alone kept b waiting behind all of a's)."""
+    first, second, third = (job_of(jobs, "a") for _ in range(3))
+    other = job_of(jobs, "b")
+    assert jobs.claim("runner-1", lease_s=60).id == first
+    assert jobs.give_turn(first, "runner-1")
+    assert jobs.claim("runner-1", lease_s=60).id == other  # b was never served; a just was
+    assert jobs.claim("runner-2", lease_s=60).id == second  # then a's oldest waiting job
+    # b's next job waits while b is being served (its first runs on runner-1); a's turn came before.
+    later = job_of(jobs, "b")
+    assert jobs.give_turn(second, "runner-2")
+    assert jobs.claim("runner-2", lease_s=60).id == third
+    assert jobs.get(later).status == QUEUED
