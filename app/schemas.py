@@ -87,7 +87,10 @@ class IntervalPublic(BaseModel):
 
 
 class DomainWarningPublic(BaseModel):
-    code: str = Field(description="element_count or rare_element")
+    code: Literal["element_count", "rare_element"] = Field(
+        description="element_count: fewer or more elements than any training compound; rare_element: "
+        "an element few training compounds contain (the first that applies; the message names all)"
+    )
     message: str = Field(
         description="Human-readable: the composition's count or elements against the training data's"
     )
@@ -114,8 +117,9 @@ class PropertyPredictionPublic(BaseModel):
     in_domain: bool | None = Field(
         None,
         description="Whether the composition is like the model's training compounds (element count "
-        "within theirs, each element in at least 10 of them); false: an extrapolation, without an "
-        "interval; null: the model records no training domain",
+        "within theirs, each element in at least the manifest's domain.min_compounds of them: 10 for "
+        "the shipped models); false: an extrapolation, without an interval; null: the model records "
+        "no training domain",
     )
     domain_warning: DomainWarningPublic | None = Field(
         None, description="Why it is outside (in_domain false)"

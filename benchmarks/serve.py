@@ -198,14 +198,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, models_dir: Path, database_url: str, workdir: Path) -> None:
+    def __init__(
+        self, models_dir: Path, database_url: str, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / "server.log").open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--models", str(models_dir),
              "--database-url", database_url],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, **(env or {})},
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while True:

@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * level:.0f}% interval")  # fmt: skip
         if "outside_domain" in result:
             out = result["outside_domain"]
-            mae = "" if out["mae"] is None else f" (MAE {out['mae']:.5f}; inside {out['mae_inside']:.5f})"
+            inside = "" if out["mae_inside"] is None else f"; inside {out['mae_inside']:.5f}"
+            mae = "" if out["mae"] is None else f" (MAE {out['mae']:.5f}{inside})"
             print(f"training domain: {out['n']} of {result['n']} rows outside{mae}")
     return 0

@@ -345,7 +345,9 @@ def job_view(job: Job) -> dict[str, Any]:
 
 
 def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A stored row as /predict shapes its answer (plus ``index``, the row's input position)."""
+    """A stored row shaped like a /predict answer, plus ``index`` (the row's input position) and
+    ``in_domain`` (the row's, over every screened model). A screen stores value and uncertainty
+    only: its answers have no interval and no per-property domain fields."""
     if "error" in row.payload:
         return {"index": row.row_index, "formula": row.formula, "error": row.payload["error"]}
     stored = row.payload["p"]

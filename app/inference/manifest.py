@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,35 +137,35 @@ class TrainingDomain(BaseModel):
     min_compounds: int = MIN_ELEMENT_COMPOUNDS  # an element in fewer is outside
     source: str = "the train split's labelled compounds"
     _supported: frozenset[str] = PrivateAttr(default=frozenset())
-    _supported_z: np.ndarray = PrivateAttr(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def model_post_init(self, context: Any, /) -> None:
         self._supported = frozenset(e for e, n in self.elements.items() if n >= self.min_compounds)
-        # the same set by atomic number, so a batch is checked in numpy (a screen checks millions)
-        self._supported_z = np.zeros(max(ATOMIC_NUMBER.values()) + 1, dtype=bool)
-        self._supported_z[[ATOMIC_NUMBER[e] for e in self._supported if e in ATOMIC_NUMBER]] = True
+
+    @property
+    def digest(self) -> str:
+        """Names this domain: Dask workers must flag answers by the same one (app/screening)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
     def warning(self, elements: Sequence[str], exact_for_elements: bool = False) -> dict[str, str] | None:
         """Why a composition of ``elements`` lies outside (None: inside). ``exact_for_elements``: a
         single element's answer is fixed by definition (``elements_are_zero``), so it is inside."""
         fewest, most = self.element_counts
-        if (fewest <= len(elements) <= most and self._supported.issuperset(elements)) or (
-            exact_for_elements and len(elements) == 1
-        ):
-            return None  # inside: the common case, answered without building a message
+        counted = fewest <= len(elements) <= most
+        known = self._supported.issuperset(elements)
+        if (counted and known) or (exact_for_elements and len(elements) == 1):
+            return None
         reasons: list[tuple[str, str]] = []
-        if not fewest <= len(elements) <= most:
+        if not counted:
             count = "a single element" if len(elements) == 1 else f"{len(elements)} elements"
             reasons.append(
                 ("element_count", f"{count}; the model's training compounds have {fewest} to {most}")
             )
-        rare = [e for e in elements if e not in self._supported]
-        if rare:
-            seen = ", ".join(f"{e} in {self.elements.get(e, 0)}" for e in rare)
+        if not known:
+            seen = ", ".join(
+                f"{e} in {self.elements.get(e, 0)}" for e in elements if e not in self._supported
+            )
             reasons.append(("rare_element", f"few training compounds contain {seen} "
                                             f"(fewer than {self.min_compounds})"))  # fmt: skip
-        if not reasons:
-            return None
         return {
             "code": reasons[0][0],
             "message": "outside the training domain: " + "; ".join(m for _, m in reasons),
@@ -176,11 +177,21 @@ class TrainingDomain(BaseModel):
         ``atomic_numbers`` and ``rows`` [entries] each entry's element and formula (RaggedBatch)."""
         fewest, most = self.element_counts
         inside = (counts >= fewest) & (counts <= most)
-        rare = ~self._supported_z[atomic_numbers]
+        rare = ~_by_atomic_number(self._supported)[atomic_numbers]
         inside &= np.bincount(rows[rare], minlength=len(counts)) == 0
         if exact_for_elements:
             inside |= counts == 1
         return inside
+
+
+@lru_cache(maxsize=64)
+def _by_atomic_number(elements: frozenset[str]) -> np.ndarray:
+    """``elements`` as a lookup by atomic number, so a batch is checked in numpy (a screen checks
+    millions of rows). Cached here, not held by the domain: pydantic compares private attributes
+    with ==, which an array cannot answer."""
+    lookup = np.zeros(max(ATOMIC_NUMBER.values()) + 1, dtype=bool)
+    lookup[[ATOMIC_NUMBER[e] for e in elements if e in ATOMIC_NUMBER]] = True
+    return lookup
 
 
 class SplitMetrics(BaseModel):

@@ -91,13 +91,20 @@ class LoadedModel:
         domain = self.manifest.domain
         return None if domain is None else domain.warning(elements, self.manifest.output.elements_are_zero)
 
-    def in_domain(self, batch: RaggedBatch) -> np.ndarray:
-        """Per formula of ``batch``: inside the training domain (True everywhere if none is recorded)."""
+    def in_domain(self, batch: RaggedBatch) -> np.ndarray | None:
+        """Per formula of ``batch``: inside the training domain (None: the model records none)."""
         domain = self.manifest.domain
         if domain is None:
-            return np.ones(len(batch), dtype=bool)
+            return None
         exact = self.manifest.output.elements_are_zero
         return domain.inside(batch.counts, batch.atomic_numbers, batch.rows, exact)
+
+    @property
+    def answer_version(self) -> str:
+        """``cache_version`` and the training domain: what Dask workers must match, since the domain
+        decides the answers' in_domain flags and intervals (not the cached values)."""
+        domain = self.manifest.domain
+        return self.cache_version if domain is None else f"{self.cache_version}.d{domain.digest}"
 
     def predict(self, features: np.ndarray, element_counts: np.ndarray) -> np.ndarray:
         """``run``, with the answers a model's target fixes by definition (``elements_are_zero``):

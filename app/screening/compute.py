@@ -132,7 +132,7 @@ class ScreenModels:
     def in_domain(self, batch: RaggedBatch) -> np.ndarray:
         """Per formula: 1.0 inside every screened model's training domain, 0.0 outside one (NaN: no
         model records its domain)."""
-        recorded = [model.in_domain(batch) for model in self.models if model.manifest.domain is not None]
+        recorded = [flags for model in self.models if (flags := model.in_domain(batch)) is not None]
         if not recorded:
             return np.full(len(batch), np.nan)
         return np.logical_and.reduce(recorded).astype(np.float64)

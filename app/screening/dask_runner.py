@@ -43,8 +43,8 @@ class ModelSpec:
 
     models_dir: str
     properties: tuple[str, ...]
-    # (property, cache version: the file, the chemistry and the output rules): workers must load
-    # the same files and answer by the same rules
+    # (property, answer version: the file, the chemistry, the output rules and the training
+    # domain): workers must load the same files and answer by the same rules
     versions: tuple[tuple[str, str], ...]
     device: str = "cpu"
     intra_op_threads: int | None = None  # None: the worker's CPUs shared by its task threads
@@ -60,7 +60,7 @@ class ModelSpec:
 
     @classmethod
     def of(cls, models: ScreenModels, models_dir: Path, **options: Any) -> ModelSpec:
-        versions = tuple((model.property, model.cache_version) for model in models.models)
+        versions = tuple((model.property, model.answer_version) for model in models.models)
         if models.stability is not None:
             options.setdefault("hull_reference", "")
             options["hull_reference_sha256"] = models.stability.reference.sha256
@@ -117,7 +117,7 @@ def worker_models(spec: ModelSpec) -> ScreenModels:
                 )
                 stability = StabilityAssessor(reference, calibration=calibration)
             models = ScreenModels.from_registry(registry, spec.properties, spec.max_formula_length, stability)
-            found = tuple((model.property, model.cache_version) for model in models.models)
+            found = tuple((model.property, model.answer_version) for model in models.models)
             if found != spec.versions:
                 raise RuntimeError(
                     f"models in {spec.models_dir} on this worker are {found}, the client expects "

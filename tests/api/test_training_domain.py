@@ -20,7 +20,7 @@ from app.chemistry.formula import parse_formula
 from app.chemistry.ragged import RaggedBatch
 from app.cli import main
 from app.commands.predict import OUTSIDE_MARK
-from app.inference.manifest import TrainingDomain
+from app.inference.manifest import ModelManifest, TrainingDomain
 from ibrnet.frames import results_frame
 from tests.api.harness import flush_cache_writes, make_settings, oqmd_formulas, serve
 from tests.model_factory import write_model
@@ -161,3 +161,50 @@ def test_the_cli_table_marks_answers_outside(models, capsys):
     status = main(["predict", "Si", "--json", "--properties", "band_gap", "--models", str(models)])
     answer = json.loads(capsys.readouterr().out)["results"][0]["predictions"]["band_gap"]
     assert answer["in_domain"] is False and answer["interval"] is None
+
+
+def test_equal_domains_compare_equal(domain):
+    assert TrainingDomain(**domain.model_dump()) == domain
+    assert TrainingDomain(**{**domain.model_dump(), "min_compounds": 2}) != domain
+
+
+@pytest.mark.slow
+def test_dask_workers_flag_rows_as_the_local_screen_does(models, tmp_path):
+    import pandas as pd
+
+    from tests.screening.test_screen_cli import ibrnet_screen, read
+
+    common = ["--chemsys", "Li-Fe-O", "--max-atoms", "6", "--models", str(models), "--properties",
+              "band_gap", "formation_enthalpy"]  # fmt: skip
+    ibrnet_screen(*common, "--out", str(tmp_path / "all.parquet"), cwd=tmp_path)
+    kept = ["--in-domain-only", "--out"]
+    ibrnet_screen(*common, *kept, str(tmp_path / "local.parquet"), cwd=tmp_path)
+    on_dask = ["--dask", "local:2", "--partition-size", "16"]
+    ibrnet_screen(*common, *on_dask, *kept, str(tmp_path / "dask.parquet"), cwd=tmp_path)
+    everything = read(tmp_path / "all.parquet")
+    flags = dict(zip(everything["composition"], everything["in_domain"].tolist(), strict=True))
+    assert [flags["Li"], flags["Fe2O3"]] == [False, True]  # the band gap of an element is outside
+    local, dask = read(tmp_path / "local.parquet"), read(tmp_path / "dask.parquet")
+    assert list(local["composition"]) == [key for key, flag in flags.items() if flag]
+    pd.testing.assert_frame_equal(local, dask)
+
+
+def test_a_dask_worker_with_another_training_domain_refuses(models, tmp_path, domain):
+    """The domain decides the answers' flags but not their values or the model version: a worker
+    whose model.json records another one must not screen (its rows would be flagged otherwise)."""
+    import shutil
+
+    from app.inference.registry import ModelRegistry
+    from app.screening import dask_runner
+    from app.screening.compute import ScreenModels
+
+    registry = ModelRegistry.load(models, device="cpu", intra_op_threads=1, prefer_int8_on_cpu=False)
+    client_models = ScreenModels.from_registry(registry, ["band_gap"])
+    worker_dir = tmp_path / "worker-models"
+    shutil.copytree(models, worker_dir)
+    spec = dask_runner.ModelSpec.of(client_models, worker_dir)
+    manifest = ModelManifest.load(worker_dir / "bg")
+    manifest.domain = TrainingDomain(**{**domain.model_dump(), "min_compounds": 1})
+    manifest.save(worker_dir / "bg")
+    with pytest.raises(RuntimeError, match="give every worker the same model files"):
+        dask_runner.worker_models(spec)
