@@ -34,3 +34,7 @@ class PayloadTooLargeError(DomainError):
 
 class UnsupportedMediaTypeError(DomainError):
     status_code = 415
+
+
+class NotAcceptableError(DomainError):
+    status_code = 406

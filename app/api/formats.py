@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from app.api.spreadsheet import defused
-from app.errors import DomainError
+from app.errors import DomainError, NotAcceptableError
 from app.inference.predictor import ItemError, PredictionResult, Result
 from app.stability.assess import E_ABOVE_HULL, StabilityPrediction
 
@@ -49,30 +49,57 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
 
 
 def negotiate(accept: str | None) -> Format:
-    """The client's preferred prediction format; JSON when it names none of ours."""
+    """The client's preferred prediction format (JSON without an Accept header); 406 if none."""
     return preferred(accept, _ACCEPTED, "json")
 
 
 def preferred(accept: str | None, accepted: Mapping[str, _F], default: _F) -> _F:
     """The Accept header's choice among `accepted` media types by q-value (the first listed on a
-    tie); `default` when it names none of them."""
+    tie); a wildcard (``*/*``, ``text/*``) stands for `default` or the first type it covers.
+    406 ``not_acceptable`` when the header names none of them (``image/png``, ``application/json;
+    q=0``): answering JSON to a client that said it cannot read JSON only moves the failure.
+    No header, or an empty one, is `default`."""
+    if accept is None or not accept.strip():
+        return default
     best: tuple[float, _F] | None = None
-    for item in (accept or "").split(","):
-        media_type, *parameters = (part.strip() for part in item.split(";"))
-        chosen = accepted.get(media_type.lower())
-        if chosen is None:
+    refused: set[_F] = set()  # named with q=0: not even a wildcard brings them back
+    offers: list[tuple[float, list[_F]]] = []
+    for item in accept.split(","):
+        media_type, *parameters = (part.strip().lower() for part in item.split(";"))
+        quality = _quality(parameters)
+        if media_type == "*/*":
+            chosen = [default, *accepted.values()]
+        elif media_type.endswith("/*"):
+            chosen = [f for name, f in accepted.items() if name.startswith(media_type[:-1])]
+        else:
+            chosen = [accepted[media_type]] if media_type in accepted else []
+        if quality <= 0:
+            if "*" not in media_type:
+                refused.update(chosen)
             continue
-        quality = 1.0
-        for parameter in parameters:
-            name, _, number = parameter.partition("=")
-            if name.strip() == "q":
-                try:
-                    quality = float(number)
-                except ValueError:
-                    quality = 0.0
-        if quality > 0 and (best is None or quality > best[0]):
-            best = (quality, chosen)
-    return best[1] if best else default
+        offers.append((quality, chosen))
+    for quality, chosen in offers:
+        usable = next((f for f in chosen if f not in refused), None)
+        if usable is not None and (best is None or quality > best[0]):
+            best = (quality, usable)
+    if best is None:
+        types = ", ".join(dict.fromkeys(accepted))
+        raise NotAcceptableError(
+            "not_acceptable", f"Accept {accept[:200]!r} names none of the formats sent here: {types}",
+            accepted=list(dict.fromkeys(accepted)),
+        )  # fmt: skip
+    return best[1]
+
+
+def _quality(parameters: Sequence[str]) -> float:
+    for parameter in parameters:
+        name, _, number = parameter.partition("=")
+        if name.strip() == "q":
+            try:
+                return float(number)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[bytes]:

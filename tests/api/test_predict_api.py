@@ -272,3 +272,29 @@ def test_an_item_nested_deeper_than_json_can_write_back_is_still_refused_alone()
     assert text == "[" * 100 and text.kind == "an array"  # written only as far as the echo shows
     with pytest.raises(FormulaError, match="not an array"):
         parse_formula(text)
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("text/html, */*;q=0.8", "application/json"),  # what a browser sends
+        ("text/*", "text/csv"),
+        ("application/json;q=0, */*", "text/csv"),  # JSON refused, anything else welcome
+        ("application/x-ndjson;q=0.5, text/csv;q=0.9", "text/csv"),
+        ("image/png", 406),
+        ("application/json;q=0", 406),
+        ("text/html, image/*", 406),
+    ],
+)
+async def test_the_accept_header_is_honoured_or_refused_with_406(client, accept, expected):
+    headers = {} if accept is None else {"accept": accept}
+    response = await client.post("/predict/batch", json={"formulas": ["NaCl"]}, headers=headers)
+    if expected == 406:
+        assert response.status_code == 406
+        error = response.json()["error"]
+        assert error["code"] == "not_acceptable" and accept in error["message"]
+        assert "application/json" in error["accepted"] and "text/csv" in error["accepted"]
+    else:
+        assert response.status_code == 200 and response.headers["content-type"].startswith(expected)
