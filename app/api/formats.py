@@ -48,6 +48,9 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
     return Response(dumps(payload), status_code=status_code, media_type="application/json")
 
 
+JSON_ONLY: dict[str, Literal["json"]] = {"application/json": "json"}  # what /predict sends
+
+
 def negotiate(accept: str | None) -> Format:
     """The client's preferred prediction format (JSON without an Accept header); 406 if none."""
     return preferred(accept, _ACCEPTED, "json")

@@ -16,7 +16,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from app.api.blocking import off_the_loop_if_large
-from app.api.formats import MEDIA_TYPES, json_response, negotiate, stream_csv, stream_ndjson
+from app.api.formats import (
+    JSON_ONLY,
+    MEDIA_TYPES,
+    json_response,
+    negotiate,
+    preferred,
+    stream_csv,
+    stream_ndjson,
+)
 from app.errors import UnsupportedMediaTypeError
 from app.inference.predictor import Predictor, Result
 from app.schemas import (
@@ -92,7 +100,8 @@ async def read_body(request: Request, model: type[_Body], context: dict[str, Any
     openapi_extra=_request_body(PredictRequest),
 )
 async def predict(request: Request) -> Response:
-    """Predict every requested property of one formula."""
+    """Predict every requested property of one formula (JSON only: an Accept without it is a 406)."""
+    preferred(request.headers.get("accept"), JSON_ONLY, "json")
     body = await read_body(request, PredictRequest)
     predictor: Predictor = request.app.state.predictor
     return json_response(await predictor.predict_one(body.formula, body.properties))

@@ -298,3 +298,13 @@ async def test_the_accept_header_is_honoured_or_refused_with_406(client, accept,
         assert "application/json" in error["accepted"] and "text/csv" in error["accepted"]
     else:
         assert response.status_code == 200 and response.headers["content-type"].startswith(expected)
+
+
+async def test_predict_sends_json_only_and_says_so(client):
+    for accept in ("text/csv", "image/png"):
+        response = await client.post("/predict", json={"formula": "NaCl"}, headers={"accept": accept})
+        assert response.status_code == 406 and response.json()["error"]["accepted"] == ["application/json"]
+    browser = await client.post(
+        "/predict", json={"formula": "NaCl"}, headers={"accept": "text/html, */*;q=0.8"}
+    )
+    assert browser.status_code == 200 and browser.json()["composition"] == "NaCl"
