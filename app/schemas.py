@@ -87,9 +87,10 @@ class IntervalPublic(BaseModel):
 
 
 class DomainWarningPublic(BaseModel):
-    code: Literal["element_count", "rare_element"] = Field(
+    code: Literal["element_count", "rare_element", "trace_element"] = Field(
         description="element_count: fewer or more elements than any training compound; rare_element: "
-        "an element few training compounds contain (the first that applies; the message names all)"
+        "an element few training compounds contain; trace_element: an element with a smaller share "
+        "of the atoms than any has in a training compound (the first that applies; the message names all)"
     )
     message: str = Field(
         description="Human-readable: the composition's count or elements against the training data's"

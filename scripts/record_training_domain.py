@@ -28,7 +28,8 @@ def record(model_dir: Path) -> None:
     manifest.save(model_dir)
     lo, hi = manifest.domain.element_counts
     rare = sorted(e for e, n in manifest.domain.elements.items() if n < manifest.domain.min_compounds)
-    print(f"{model_dir}: {lo}-{hi} elements, {len(manifest.domain.elements)} elements seen, "
+    print(f"{model_dir}: {lo}-{hi} elements, smallest share {manifest.domain.min_fraction:.4g}, "
+          f"{len(manifest.domain.elements)} elements seen, "
           f"below {manifest.domain.min_compounds} compounds: {', '.join(rare) or 'none'}")  # fmt: skip
 
 

@@ -11,20 +11,24 @@ from training.data import DataRequest, load_dataset
 
 
 def training_domain(formulas: Iterable[str]) -> TrainingDomain:
-    """How many elements a training compound has (fewest, most) and how many contain each element.
+    """How many elements a training compound has (fewest, most), how many contain each element, and
+    the smallest share of the atoms an element has in one.
 
     The formulas are the train split as the network saw it (its loader's refused rows are gone)."""
     element_counts: Counter[int] = Counter()
     compounds: Counter[str] = Counter()
+    smallest = 1.0
     for text in formulas:
-        elements = parse_formula(text).elements
-        element_counts[len(elements)] += 1
-        compounds.update(elements)
+        formula = parse_formula(text)
+        element_counts[len(formula.elements)] += 1
+        compounds.update(formula.elements)
+        smallest = min(smallest, *formula.fractions)
     if not element_counts:
         raise ValueError("a training domain needs at least one training compound")
     return TrainingDomain(
         element_counts=(min(element_counts), max(element_counts)),
         elements=dict(sorted(compounds.items())),
+        min_fraction=smallest,
     )
 
 

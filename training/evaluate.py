@@ -79,7 +79,7 @@ def outside_domain(
     if domain is None:
         return {}
     exact = manifest.output.elements_are_zero
-    outside = np.array([domain.warning(parse_formula(text).elements, exact) is not None for text in formulas])
+    outside = np.array([domain.warning(parse_formula(text), exact) is not None for text in formulas])
     errors = np.abs(np.asarray(predicted, dtype=np.float64) - target)
     return {
         "outside_domain": {

@@ -32,7 +32,7 @@ from app.api.hull_answers import HullAnswers
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
-from app.screening.compute import IN_DOMAIN
+from app.screening.compute import IN_DOMAIN, OUTSIDE
 from app.screening.enumerate import parse_chemsys
 from app.screening.io import MEDIA_TYPES, DrainedSink, ResultWriter, format_of, read_formulas, rows_table
 from app.screening.runner import ScreeningRunner
@@ -346,8 +346,9 @@ def job_view(job: Job) -> dict[str, Any]:
 
 def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A stored row shaped like a /predict answer, plus ``index`` (the row's input position) and
-    ``in_domain`` (the row's, over every screened model). A screen stores value and uncertainty
-    only: its answers have no interval and no per-property domain fields."""
+    ``in_domain`` (the row's, over every screened model). A screen stores value, uncertainty and
+    which models' domains a row is outside of: its answers have ``in_domain`` (for models that
+    record a domain), no interval and no domain_warning."""
     if "error" in row.payload:
         return {"index": row.row_index, "formula": row.formula, "error": row.payload["error"]}
     stored = row.payload["p"]
@@ -363,6 +364,10 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
         for name, (value, uncertainty) in stored.items()
         if name not in DERIVED_COLUMNS
     }
+    outside = row.payload.get(OUTSIDE, ())
+    for name, answer in predictions.items():  # as /predict says it, for models that record a domain
+        if models[name].get("training_domain") and IN_DOMAIN in row.payload:
+            answer[IN_DOMAIN] = name not in outside
     if E_ABOVE_HULL in predictions:  # its companion columns are fields of its answer, as in /predict
         known = stored["known"][0]
         predictions[E_ABOVE_HULL].update(

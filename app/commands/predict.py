@@ -76,9 +76,7 @@ def predict(
         answers.append({})
         for model in plan.models:
             value, uncertainty = (float(v) for v in outputs[model.property][row])
-            answers[-1][model.property] = model.answer(
-                value, uncertainty, cached=False, elements=good[row].elements
-            )
+            answers[-1][model.property] = model.answer(value, uncertainty, cached=False, formula=good[row])
     derived = predictor.derive_sync(plan, good, answers)
     shaped = iter(
         predictor.shape(plan, answer, extra) for answer, extra in zip(answers, derived, strict=True)

@@ -134,7 +134,7 @@ class PredictionWork:
         """The cached answers, and the keys the cache does not hold."""
         cached = self.cache.lookup(model.cache_version, list(keys)) if self.cache is not None else {}
         answers = {
-            key: model.answer(row.value, row.uncertainty, cached=True, elements=keys[key].elements)
+            key: model.answer(row.value, row.uncertainty, cached=True, formula=keys[key])
             for key, row in cached.items()
         }
         misses = [key for key in keys if key not in cached]
@@ -165,7 +165,7 @@ class PredictionWork:
             row = CachedPrediction(value, None if math.isnan(uncertainty) else uncertainty)
             fresh[formula.canonical_key] = row
             answers[formula.canonical_key] = model.answer(
-                row.value, row.uncertainty, cached=False, elements=formula.elements
+                row.value, row.uncertainty, cached=False, formula=formula
             )
         if self.cache is not None:
             self.cache.save(model.cache_version, fresh)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from app.chemistry.formula import ATOMIC_NUMBER
+from app.chemistry.formula import ATOMIC_NUMBER, ParsedFormula
+from app.chemistry.ragged import RaggedBatch
 
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
@@ -135,6 +135,10 @@ class TrainingDomain(BaseModel):
     element_counts: tuple[int, int]  # fewest and most elements in one training compound
     elements: dict[str, int]  # element -> labelled training compounds that contain it
     min_compounds: int = MIN_ELEMENT_COMPOUNDS  # an element in fewer is outside
+    # the smallest share of the atoms an element has in a training compound (OQMD 1/150): a trace
+    # (Fe10000Si0.0001) is a composition no network saw, however common its elements; None: not
+    # recorded (manifests written before it), no such rule
+    min_fraction: float | None = None
     source: str = "the train split's labelled compounds"
     _supported: frozenset[str] = PrivateAttr(default=frozenset())
 
@@ -146,13 +150,16 @@ class TrainingDomain(BaseModel):
         """Names this domain: Dask workers must flag answers by the same one (app/screening)."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
-    def warning(self, elements: Sequence[str], exact_for_elements: bool = False) -> dict[str, str] | None:
-        """Why a composition of ``elements`` lies outside (None: inside). ``exact_for_elements``: a
-        single element's answer is fixed by definition (``elements_are_zero``), so it is inside."""
+    def warning(self, formula: ParsedFormula, exact_for_elements: bool = False) -> dict[str, str] | None:
+        """Why ``formula`` lies outside; None: inside. ``exact_for_elements``: a single element's
+        answer is fixed by definition (``elements_are_zero``), so it is inside."""
+        elements, fractions = formula.elements, formula.fractions
         fewest, most = self.element_counts
         counted = fewest <= len(elements) <= most
         known = self._supported.issuperset(elements)
-        if (counted and known) or (exact_for_elements and len(elements) == 1):
+        smallest = min(fractions)
+        whole = self.min_fraction is None or smallest >= self.min_fraction
+        if (counted and known and whole) or (exact_for_elements and len(elements) == 1):
             return None
         reasons: list[tuple[str, str]] = []
         if not counted:
@@ -161,26 +168,33 @@ class TrainingDomain(BaseModel):
                 ("element_count", f"{count}; the model's training compounds have {fewest} to {most}")
             )
         if not known:
-            seen = ", ".join(
-                f"{e} in {self.elements.get(e, 0)}" for e in elements if e not in self._supported
-            )
-            reasons.append(("rare_element", f"few training compounds contain {seen} "
-                                            f"(fewer than {self.min_compounds})"))  # fmt: skip
+            rare = [e for e in elements if e not in self._supported]
+            absent = [e for e in rare if not self.elements.get(e)]
+            if absent:
+                reasons.append(("rare_element", f"no training compound contains {', '.join(absent)}"))
+            if len(absent) < len(rare):
+                seen = ", ".join(f"{e} in {self.elements[e]}" for e in rare if e not in absent)
+                reasons.append(("rare_element", f"few training compounds contain {seen} "
+                                                f"(fewer than {self.min_compounds})"))  # fmt: skip
+        if not whole:
+            trace = elements[fractions.index(smallest)]
+            reasons.append(("trace_element", f"{trace} is {smallest:.3g} of the atoms; no element is under "
+                                              f"{self.min_fraction:.3g} in a training compound"))  # fmt: skip
         return {
             "code": reasons[0][0],
             "message": "outside the training domain: " + "; ".join(m for _, m in reasons),
         }
 
-    def inside(self, counts: np.ndarray, atomic_numbers: np.ndarray, rows: np.ndarray,
-               exact_for_elements: bool = False) -> np.ndarray:  # fmt: skip
-        """``warning(...) is None`` for a whole batch at once: ``counts`` [n] elements per formula,
-        ``atomic_numbers`` and ``rows`` [entries] each entry's element and formula (RaggedBatch)."""
+    def inside(self, batch: RaggedBatch, exact_for_elements: bool = False) -> np.ndarray:
+        """``warning(...) is None`` for every formula of ``batch`` at once."""
         fewest, most = self.element_counts
-        inside = (counts >= fewest) & (counts <= most)
-        rare = ~_by_atomic_number(self._supported)[atomic_numbers]
-        inside &= np.bincount(rows[rare], minlength=len(counts)) == 0
+        inside = (batch.counts >= fewest) & (batch.counts <= most)
+        outside_entry = ~_by_atomic_number(self._supported)[batch.atomic_numbers]
+        if self.min_fraction is not None:
+            outside_entry |= batch.fractions < self.min_fraction
+        inside &= np.bincount(batch.rows[outside_entry], minlength=len(batch)) == 0
         if exact_for_elements:
-            inside |= counts == 1
+            inside |= batch.counts == 1
         return inside
 
 

@@ -218,9 +218,7 @@ class Predictor:
             row = self.cache.recall(model.cache_version, formula.canonical_key)
             if row is None:
                 return None
-            answers[model.property] = model.answer(
-                row.value, row.uncertainty, cached=True, elements=formula.elements
-            )
+            answers[model.property] = model.answer(row.value, row.uncertainty, cached=True, formula=formula)
         for model in models:
             self._hits[model.property].inc()
         return answers

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from app.chemistry.elements import EF_ELEMENTS
 from app.chemistry.featurizers import Featurizer, get_featurizer
 from app.chemistry.fingerprint import chemistry_fingerprint
+from app.chemistry.formula import ParsedFormula
 from app.chemistry.ragged import RaggedBatch
 from app.errors import DomainError
 from app.inference.manifest import (
@@ -69,15 +70,15 @@ class LoadedModel:
         return f"{self.version}.{chemistry_fingerprint()[:12]}{rules}"
 
     def answer(
-        self, value: float, uncertainty: float | None, *, cached: bool, elements: Sequence[str] | None = None
+        self, value: float, uncertainty: float | None, *, cached: bool, formula: ParsedFormula | None = None
     ) -> PropertyPrediction:
         """A model output (or its cache row) as every caller receives it: no NaN (JSON has none),
-        whether ``elements`` (the composition's) lie in the model's training domain, and the
-        calibrated prediction interval where the model has an uncertainty and one, in its domain."""
+        whether ``formula`` lies in the model's training domain, and the calibrated prediction
+        interval where the model has an uncertainty and one, in its domain."""
         finite = value if math.isfinite(value) else None
         sigma = uncertainty if uncertainty is not None and math.isfinite(uncertainty) else None
-        warning = self.domain_warning(elements) if elements is not None else None
-        in_domain = None if elements is None or self.manifest.domain is None else warning is None
+        warning = self.domain_warning(formula) if formula is not None else None
+        in_domain = None if formula is None or self.manifest.domain is None else warning is None
         calibration, interval = self.manifest.output.interval, None
         if calibration is not None and finite is not None and sigma is not None and warning is None:
             floor = self.manifest.architecture.config.get("target_floor")
@@ -86,10 +87,11 @@ class LoadedModel:
             finite, self.unit, self.name, self.version, sigma, interval, cached, in_domain, warning
         )
 
-    def domain_warning(self, elements: Sequence[str]) -> dict[str, str] | None:
-        """Why a composition of ``elements`` is outside the training domain (None: inside, or unknown)."""
+    def domain_warning(self, formula: ParsedFormula) -> dict[str, str] | None:
+        """Why ``formula`` is outside the training domain (None: inside, or unknown)."""
         domain = self.manifest.domain
-        return None if domain is None else domain.warning(elements, self.manifest.output.elements_are_zero)
+        exact = self.manifest.output.elements_are_zero
+        return None if domain is None else domain.warning(formula, exact)
 
     def in_domain(self, batch: RaggedBatch) -> np.ndarray | None:
         """Per formula of ``batch``: inside the training domain (None: the model records none)."""
@@ -97,7 +99,7 @@ class LoadedModel:
         if domain is None:
             return None
         exact = self.manifest.output.elements_are_zero
-        return domain.inside(batch.counts, batch.atomic_numbers, batch.rows, exact)
+        return domain.inside(batch, exact)
 
     @property
     def answer_version(self) -> str:

@@ -8,7 +8,7 @@ needs rows (the job store) or a table (CSV/Parquet).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from app.stability.assess import (
 )
 
 IN_DOMAIN = "in_domain"  # a screen row's flag: inside every screened model's training domain
+OUTSIDE = "outside"  # a stored row's properties whose models' domains it is outside of
 
 
 @dataclass
@@ -45,6 +46,8 @@ class ChunkResult:
     # 1.0 where the row lies inside every screened model's training domain, 0.0 where outside one,
     # NaN where unknown (a refused row, or no model records its domain)
     in_domain: np.ndarray
+    # the same per property whose model records a domain (e_above_hull: its source model's)
+    domains: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.formulas)
@@ -61,6 +64,7 @@ class ChunkResult:
             uncertainties={name: column[positions] for name, column in self.uncertainties.items()},
             errors=[self.errors[i] for i in picked],
             in_domain=self.in_domain[positions],
+            domains={name: flags[positions] for name, flags in self.domains.items()},
         )
 
 
@@ -113,6 +117,8 @@ class ScreenModels:
                 "cache_version": model.cache_version,
                 "unit": model.unit,
                 "uncertainty": model.manifest.output.kind == "ensemble",
+                # its training domain (None: not recorded): rows say in_domain for it then
+                "training_domain": None if model.manifest.domain is None else model.manifest.domain.digest,
             }
             for model in self.models
         }
@@ -129,13 +135,17 @@ class ScreenModels:
                 described[column] = {**source, "unit": "", "uncertainty": False, "derived_from": E_ABOVE_HULL}
         return described
 
-    def in_domain(self, batch: RaggedBatch) -> np.ndarray:
-        """Per formula: 1.0 inside every screened model's training domain, 0.0 outside one (NaN: no
-        model records its domain)."""
-        recorded = [flags for model in self.models if (flags := model.in_domain(batch)) is not None]
-        if not recorded:
-            return np.full(len(batch), np.nan)
-        return np.logical_and.reduce(recorded).astype(np.float64)
+    def domains(self, batch: RaggedBatch) -> dict[str, np.ndarray]:
+        """Per property whose model records a training domain: 1.0 where a formula of ``batch`` is
+        inside it, else 0.0 (e_above_hull has its source model's)."""
+        flags: dict[str, np.ndarray] = {}
+        for model in self.models:
+            inside = model.in_domain(batch)
+            if inside is not None:
+                flags[model.property] = inside.astype(np.float64)
+        if self.stability is not None and SOURCE_PROPERTY in flags:
+            flags[E_ABOVE_HULL] = flags[SOURCE_PROPERTY]
+        return flags
 
     def predict_batch(self, batch: RaggedBatch) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(values, uncertainties) per model property; each feature set is computed once for all models."""
@@ -178,6 +188,7 @@ class ScreenModels:
         keys = encoder.keys(amounts)
         batch = encoder.batch(amounts)
         values, uncertainties = self.predict_batch(batch)
+        domains = self.domains(batch)
         if self.stability is not None:
             hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
             self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1))
@@ -188,7 +199,8 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=[None] * len(amounts),
-            in_domain=self.in_domain(batch),
+            in_domain=row_in_domain(domains, len(amounts)),
+            domains=domains,
         )
 
     def predict_formulas(self, formulas: Sequence[str], first_row: int) -> ChunkResult:
@@ -214,10 +226,12 @@ class ScreenModels:
             compositions[position] = formula.canonical_key
         values = {name: np.full(len(formulas), np.nan) for name in self.properties}
         uncertainties = {name: np.full(len(formulas), np.nan) for name in self.properties}
-        in_domain = np.full(len(formulas), np.nan)
+        domains: dict[str, np.ndarray] = {}
         if parsed:
             batch = RaggedBatch.from_formulas(parsed)
-            in_domain[valid] = self.in_domain(batch)
+            for name, flags in self.domains(batch).items():
+                domains[name] = np.full(len(formulas), np.nan)
+                domains[name][valid] = flags
             got_values, got_uncertainties = self.predict_batch(batch)
             if self.stability is not None:
                 hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
@@ -234,8 +248,16 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=errors,
-            in_domain=in_domain,
+            in_domain=row_in_domain(domains, len(formulas)),
+            domains=domains,
         )
+
+
+def row_in_domain(domains: dict[str, np.ndarray], rows: int) -> np.ndarray:
+    """1.0 where a row is inside every recorded domain, 0.0 outside one, NaN where none is recorded."""
+    if not domains:
+        return np.full(rows, np.nan)
+    return np.minimum.reduce(list(domains.values()))
 
 
 def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:
@@ -248,15 +270,18 @@ def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:
     if request.in_domain_only:
         keep &= result.in_domain != 0.0  # NaN (no model records a domain) is not evidence of outside
     for name, bounds in request.filters.items():
-        keep &= _within(result.values[name], result.uncertainties[name], bounds)
+        keep &= _within(result.values[name], result.uncertainties[name], bounds, result.domains.get(name))
     if request.max_uncertainty is not None:
-        for uncertainty in result.uncertainties.values():
+        for name, uncertainty in result.uncertainties.items():
             # NaN = a point model without an uncertainty: max_uncertainty does not apply to it.
-            keep &= np.isnan(uncertainty) | (uncertainty <= request.max_uncertainty)
+            certain = (uncertainty <= request.max_uncertainty) & _not_outside(result.domains.get(name))
+            keep &= np.isnan(uncertainty) | certain
     return keep
 
 
-def _within(values: np.ndarray, uncertainty: np.ndarray, bounds: PropertyFilter) -> np.ndarray:
+def _within(
+    values: np.ndarray, uncertainty: np.ndarray, bounds: PropertyFilter, domain: np.ndarray | None
+) -> np.ndarray:
     keep = np.isfinite(values)
     if bounds.min is not None:
         keep &= values >= bounds.min
@@ -264,7 +289,14 @@ def _within(values: np.ndarray, uncertainty: np.ndarray, bounds: PropertyFilter)
         keep &= values <= bounds.max
     if bounds.max_uncertainty is not None:
         keep &= uncertainty <= bounds.max_uncertainty  # False for NaN: unknown is not "certain enough"
+        keep &= _not_outside(domain)
     return keep
+
+
+def _not_outside(domain: np.ndarray | None) -> np.ndarray | bool:
+    """An uncertainty outside the model's training domain says nothing (Si's band gap: 0 +- 0),
+    so it never passes an uncertainty bound; NaN (not recorded, or a refused row) is not outside."""
+    return True if domain is None else domain != 0.0
 
 
 def rank_within(result: ChunkResult, request: ScreenRequest) -> ChunkResult:

@@ -63,20 +63,39 @@ def test_the_domain_is_counted_from_the_training_compounds(domain):
     assert domain.elements["O"] == sum("O" in parse_formula(text).elements for text in formulas)
 
 
+def test_each_reason_is_named():
+    domain = TrainingDomain(element_counts=(2, 3), elements={"Fe": 20, "O": 20, "Kr": 3}, min_fraction=0.01)
+    assert domain.warning(parse_formula("Fe2O3")) is None
+    absent = domain.warning(parse_formula("FeF2"))
+    assert absent == {"code": "rare_element", "message": "outside the training domain: no training "
+                      "compound contains F"}  # fmt: skip
+    rare = domain.warning(parse_formula("KrO2"))["message"]
+    assert rare.endswith("few training compounds contain Kr in 3 (fewer than 10)")
+    trace = domain.warning(parse_formula("Fe10000O0.001"))
+    assert (
+        trace["code"] == "trace_element"
+        and "O is 1e-07 of the atoms; no element is under 0.01" in (trace["message"])
+    )
+    several = domain.warning(parse_formula("Fe"))["message"]
+    assert "a single element; the model's training compounds have 2 to 3" in several
+    assert domain.warning(parse_formula("Fe"), exact_for_elements=True) is None
+
+
 def test_the_batch_rule_agrees_with_the_per_formula_rule(domain):
-    formulas = [*oqmd_formulas(2000, split="test"), "Si", "Fe", f"{rare_element(domain)}F2", "LiNaKRbCsFrO"]
+    formulas = [*oqmd_formulas(2000, split="test"), "Si", "Fe", f"{rare_element(domain)}F2", "LiNaKRbCsFrO",
+                "Fe10000Si0.0001", "Fe0.999Ni0.001O"]  # fmt: skip
     parsed = [parse_formula(text) for text in formulas]
     batch = RaggedBatch.from_formulas(parsed)
     for exact in (False, True):
-        inside = domain.inside(batch.counts, batch.atomic_numbers, batch.rows, exact)
-        expected = [domain.warning(formula.elements, exact) is None for formula in parsed]
+        inside = domain.inside(batch, exact)
+        expected = [domain.warning(formula, exact) is None for formula in parsed]
         assert inside.tolist() == expected
     assert 0 < sum(expected) < len(expected)  # both kinds are among them
 
 
 async def test_answers_outside_the_domain_say_so_and_have_no_interval(models, tmp_path, domain):
     rare = rare_element(domain)
-    inside = next(t for t in oqmd_formulas(50) if domain.warning(parse_formula(t).elements) is None)
+    inside = next(t for t in oqmd_formulas(50) if domain.warning(parse_formula(t)) is None)
     settings = make_settings(models, f"sqlite:///{tmp_path / 'cache.db'}")
     async with serve(settings) as (app, client):
         si = (await client.post("/predict", json={"formula": "Si"})).json()["predictions"]
@@ -98,13 +117,15 @@ async def test_answers_outside_the_domain_say_so_and_have_no_interval(models, tm
         assert ordinary["band_gap"]["in_domain"] is True and ordinary["band_gap"]["domain_warning"] is None
         assert ordinary["band_gap"]["interval"] is not None
 
-        batch = await client.post("/predict/batch", json={"formulas": [inside, f"{rare}F2", "Si"]})
+        formulas = [inside, f"{rare}F2", "Si", "Fe10000Si0.0001"]
+        batch = await client.post("/predict/batch", json={"formulas": formulas})
         flags = [row["predictions"]["band_gap"] for row in batch.json()["results"]]
-        assert [flag["in_domain"] for flag in flags] == [True, False, False]
+        assert [flag["in_domain"] for flag in flags] == [True, False, False, False]
+        assert flags[3]["domain_warning"]["code"] == "trace_element"  # pure Fe, to any network
         assert flags[1]["domain_warning"]["code"] == "rare_element"
         assert f"{rare} in {domain.elements.get(rare, 0)}" in flags[1]["domain_warning"]["message"]
         frame = results_frame(batch.json()["results"])  # the Python client's DataFrame of these answers
-        assert frame["band_gap_in_domain"].tolist() == [True, False, False]
+        assert frame["band_gap_in_domain"].tolist() == [True, False, False, False]
         assert frame["band_gap_domain_warning"][1] == flags[1]["domain_warning"]["message"]
         assert "volume_per_atom_in_domain" not in frame  # no domain recorded: no column
 
@@ -126,7 +147,7 @@ async def test_answers_outside_the_domain_say_so_and_have_no_interval(models, tm
 
 async def test_a_screen_flags_its_rows_and_can_keep_only_those_inside(models, tmp_path, domain):
     rare = rare_element(domain)
-    inside = next(t for t in oqmd_formulas(50) if domain.warning(parse_formula(t).elements) is None)
+    inside = next(t for t in oqmd_formulas(50) if domain.warning(parse_formula(t)) is None)
     formulas = [inside, "Si", f"{rare}F2", "Xx"]
     settings = make_settings(models, f"sqlite:///{tmp_path / 'cache.db'}")
     async with serve(settings) as (_, client):
@@ -134,6 +155,16 @@ async def test_a_screen_flags_its_rows_and_can_keep_only_those_inside(models, tm
         job = await wait_for(client, (await client.post("/screen", json=body)).json()["id"])
         rows = await all_results(client, job["id"])
         assert [row.get("in_domain") for row in rows] == [True, False, False, None]  # None: refused
+        # Which model it is outside of, as /predict says: Si's formation enthalpy is exact (inside).
+        si = rows[1]["predictions"]
+        assert si["band_gap"]["in_domain"] is False and si["formation_enthalpy"]["in_domain"] is True
+        assert rows[0]["predictions"]["band_gap"]["in_domain"] is True
+
+        # An uncertainty outside the domain says nothing: it never passes an uncertainty bound.
+        for bound in ({"filters": {"band_gap": {"max_uncertainty": 1e9}}}, {"max_uncertainty": 1e9}):
+            certain = await client.post("/screen", json={**body, **bound})
+            kept = await all_results(client, (await wait_for(client, certain.json()["id"]))["id"])
+            assert [row["formula"] for row in kept] == [inside], bound
         assert results_frame(rows, index=True)["in_domain"].tolist() == [True, False, False, pd.NA]
 
         only = await client.post("/screen", json={**body, "in_domain_only": True})

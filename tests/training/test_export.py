@@ -73,7 +73,7 @@ def test_chain_train_export_evaluate_predict(exported, capsys):
     assert scored["version"] == manifest.version
     # Test rows outside the training domain it records, counted one formula at a time.
     test = load_dataset(DataRequest(data="oqmd-formation-enthalpy", limit=2000), splits=("test",))
-    outside = [t for t in test.splits["test"].formulas if manifest.domain.warning(parse_formula(t).elements)]
+    outside = [t for t in test.splits["test"].formulas if manifest.domain.warning(parse_formula(t))]
     assert scored["outside_domain"]["n"] == len(outside)
 
     assert main([*args, "--variant", "int8", "--json"]) == 0
