@@ -86,10 +86,9 @@ def preferred(accept: str | None, accepted: Mapping[str, _F], default: _F) -> _F
         if usable is not None and (best is None or quality > best[0]):
             best = (quality, usable)
     if best is None:
-        types = ", ".join(dict.fromkeys(accepted))
         raise NotAcceptableError(
-            "not_acceptable", f"Accept {accept[:200]!r} names none of the formats sent here: {types}",
-            accepted=list(dict.fromkeys(accepted)),
+            "not_acceptable", f"Accept {accept[:200]!r} names none of the formats sent here: "
+            f"{', '.join(accepted)}", accepted=list(accepted),
         )  # fmt: skip
     return best[1]
 

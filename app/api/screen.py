@@ -347,8 +347,8 @@ def job_view(job: Job) -> dict[str, Any]:
 def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A stored row shaped like a /predict answer, plus ``index`` (the row's input position) and
     ``in_domain`` (the row's, over every screened model). A screen stores value, uncertainty and
-    which models' domains a row is outside of: its answers have ``in_domain`` (for models that
-    record a domain), no interval and no domain_warning."""
+    which models' domains a row is outside of (the job records which models have one): its answers
+    have ``in_domain`` (for those models), no interval and no domain_warning."""
     if "error" in row.payload:
         return {"index": row.row_index, "formula": row.formula, "error": row.payload["error"]}
     stored = row.payload["p"]
@@ -365,9 +365,9 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
         if name not in DERIVED_COLUMNS
     }
     outside = row.payload.get(OUTSIDE, ())
-    for name, answer in predictions.items():  # as /predict says it, for models that record a domain
-        if models[name].get("training_domain") and IN_DOMAIN in row.payload:
-            answer[IN_DOMAIN] = name not in outside
+    recorded = [name for name in predictions if models[name].get("training_domain")]
+    for name in recorded:  # as /predict says it, for the models that record a training domain
+        predictions[name][IN_DOMAIN] = name not in outside
     if E_ABOVE_HULL in predictions:  # its companion columns are fields of its answer, as in /predict
         known = stored["known"][0]
         predictions[E_ABOVE_HULL].update(
@@ -381,7 +381,7 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
         "composition": row.composition,
         "predictions": predictions,
         # inside every model's training domain (null: no model records its domain)
-        IN_DOMAIN: row.payload.get(IN_DOMAIN),
+        IN_DOMAIN: not outside if recorded else None,
     }
 
 

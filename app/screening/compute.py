@@ -43,14 +43,20 @@ class ChunkResult:
     values: dict[str, np.ndarray]  # property -> float64
     uncertainties: dict[str, np.ndarray]  # property -> float64, NaN for point models
     errors: list[dict[str, Any] | None]
-    # 1.0 where the row lies inside every screened model's training domain, 0.0 where outside one,
-    # NaN where unknown (a refused row, or no model records its domain)
-    in_domain: np.ndarray
-    # the same per property whose model records a domain (e_above_hull: its source model's)
+    # per property whose model records a training domain (e_above_hull: its source model's): 1.0
+    # where the row lies inside it, 0.0 where outside, NaN on a refused row
     domains: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.formulas)
+
+    @property
+    def in_domain(self) -> np.ndarray:
+        """1.0 where a row is inside every recorded domain, 0.0 outside one, NaN where none is
+        recorded (or the row was refused)."""
+        if not self.domains:
+            return np.full(len(self), np.nan)
+        return np.minimum.reduce(list(self.domains.values()))
 
     def take(self, index: np.ndarray) -> ChunkResult:
         """The rows at ``index`` (a boolean mask or positions), in that order."""
@@ -63,7 +69,6 @@ class ChunkResult:
             values={name: column[positions] for name, column in self.values.items()},
             uncertainties={name: column[positions] for name, column in self.uncertainties.items()},
             errors=[self.errors[i] for i in picked],
-            in_domain=self.in_domain[positions],
             domains={name: flags[positions] for name, flags in self.domains.items()},
         )
 
@@ -199,7 +204,6 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=[None] * len(amounts),
-            in_domain=row_in_domain(domains, len(amounts)),
             domains=domains,
         )
 
@@ -248,16 +252,8 @@ class ScreenModels:
             values=values,
             uncertainties=uncertainties,
             errors=errors,
-            in_domain=row_in_domain(domains, len(formulas)),
             domains=domains,
         )
-
-
-def row_in_domain(domains: dict[str, np.ndarray], rows: int) -> np.ndarray:
-    """1.0 where a row is inside every recorded domain, 0.0 outside one, NaN where none is recorded."""
-    if not domains:
-        return np.full(rows, np.nan)
-    return np.minimum.reduce(list(domains.values()))
 
 
 def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:

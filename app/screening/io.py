@@ -108,9 +108,19 @@ def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.
         values=values,
         uncertainties=uncertainties,
         errors=[row.get("error") for row in rows],
-        in_domain=np.array([np.nan if row.get(IN_DOMAIN) is None else float(row[IN_DOMAIN]) for row in rows]),
+        domains=_domains(rows),
     )
     return chunk_table(result, properties)
+
+
+def _domains(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per property, the API rows' in_domain as ChunkResult holds it (only properties that say it)."""
+    flags: dict[str, np.ndarray] = {}
+    for i, row in enumerate(rows):
+        for name, prediction in (row.get("predictions") or {}).items():
+            if prediction.get(IN_DOMAIN) is not None:
+                flags.setdefault(name, np.full(len(rows), np.nan))[i] = float(prediction[IN_DOMAIN])
+    return flags
 
 
 class ResultWriter:

@@ -24,7 +24,7 @@ from typing import Any
 
 from app.errors import DomainError
 from app.inference.registry import ModelRegistry
-from app.screening.compute import IN_DOMAIN, OUTSIDE, ChunkResult, ScreenModels, passes_filters, rank_within
+from app.screening.compute import OUTSIDE, ChunkResult, ScreenModels, passes_filters, rank_within
 from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
@@ -406,7 +406,6 @@ def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]
     values = {name: column.tolist() for name, column in result.values.items()}
     uncertainties = {name: column.tolist() for name, column in result.uncertainties.items()}
     sort_values = values[sort_by] if sort_by is not None else None
-    in_domain = result.in_domain.tolist()
     domains = {name: flags.tolist() for name, flags in result.domains.items()}
     rows = []
     for i, (index, formula, composition, error) in enumerate(
@@ -418,10 +417,9 @@ def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]
             payload = {
                 "p": {name: [_finite(values[name][i]), _finite(uncertainties[name][i])] for name in values}
             }
-            if not math.isnan(in_domain[i]):
-                payload[IN_DOMAIN] = in_domain[i] == 1.0
-                if in_domain[i] == 0.0:  # which properties' models it is outside of
-                    payload[OUTSIDE] = [name for name, flags in domains.items() if flags[i] == 0.0]
+            outside = [name for name, flags in domains.items() if flags[i] == 0.0]
+            if outside:  # which models' training domains it is outside of (the job knows which record one)
+                payload[OUTSIDE] = outside
         rows.append(
             {
                 "row_index": index,
