@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The repository's models/ folder; containers and installed copies point IBRNET_MODELS_DIR elsewhere.
 REPOSITORY_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # 300 bytes each, 30 MB at the default): repeats skip the database and the batcher. 0: off.
     memory_cache_rows: int = Field(100_000, ge=0)
 
+    # Python's cyclic collector while serving: young, middle and old generation thresholds
+    # (app/collector.py; Python's own are 700,10,10), written 50000,20,20 in the environment.
+    gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (50_000, 20, 20)
+
     # Screening jobs: rows per committed chunk.
     screen_chunk_size: int = Field(4096, ge=1)
     # Largest screen one job may hold (enumerated compositions or uploaded formulas).
@@ -90,6 +94,20 @@ class Settings(BaseSettings):
     api_rate_per_s: float = Field(50.0, gt=0.0)
     screen_max_jobs_per_key: int = Field(4, ge=1)
     screen_max_rows_per_key: int = Field(5_000_000, ge=1)
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(","))
+        return value
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _positive_thresholds(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:  # a young threshold of 0 would switch the collector off: cycles would leak
+            raise ValueError(f"IBRNET_GC_THRESHOLDS must be three integers >= 1, got {list(value)}")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -8,10 +8,14 @@ is the inference-count versus execution-count pair that Triton users know.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from app.collector import PauseLog
 
 # Rows per ORT call: powers of two up to well past BATCH_MAX_SIZE's default (1024).
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -114,5 +118,33 @@ class ServiceMetrics:
     def watch_remembered_rows(self, remembered: Callable[[], float]) -> None:
         self.memory_cache_rows.set_function(remembered)
 
+    def watch_collector(self, pauses: PauseLog) -> None:
+        """Export Python's garbage collections (app/collector.py) from ``pauses``, read at scrape
+        time: the collector's callback itself must not take a metric's lock."""
+        self.registry.register(_CollectorMetrics(pauses))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CollectorMetrics(Collector):
+    def __init__(self, pauses: PauseLog) -> None:
+        self.pauses = pauses
+
+    def collect(self) -> Iterable[Metric]:
+        collections = CounterMetricFamily(
+            "ibrnet_gc_collections", "Collections by Python's cyclic garbage collector", labels=["generation"]
+        )
+        seconds = CounterMetricFamily(
+            "ibrnet_gc_pause_seconds",
+            "Time spent in those collections (every request waits while one runs)",
+            labels=["generation"],
+        )
+        longest = GaugeMetricFamily(
+            "ibrnet_gc_longest_pause_seconds", "The longest of those collections", labels=["generation"]
+        )
+        for generation, (count, total, most) in enumerate(self.pauses.snapshot()):
+            collections.add_metric([str(generation)], count)
+            seconds.add_metric([str(generation)], total)
+            longest.add_metric([str(generation)], most)
+        return [collections, seconds, longest]
