@@ -1,10 +1,11 @@
 """Screening files: formulas in from CSV or Parquet, results out to CSV or Parquet, streamed.
 
 Result tables have one fixed schema per set of properties, whatever the chunk: index (the
-row's position in the input), formula, composition, then ``<property>`` and
-``<property>_uncertainty`` for each property (null where a model gives no uncertainty or the
-formula was refused; e_above_hull's ``p_stable`` and ``known``, a flag, come without one), then
-error_code and error_message.
+row's position in the input), formula, composition, then ``<property>``,
+``<property>_uncertainty`` and ``<property>_in_domain`` for each property (null where a model gives
+no uncertainty, records no training domain, or the formula was refused; e_above_hull's
+``p_stable`` and ``known``, a flag, come with neither), then the row's ``in_domain`` (inside every
+recorded domain), error_code and error_message; the same columns as /predict/batch's CSV.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def result_schema(properties: Sequence[str]) -> pa.Schema:
     for name in properties:
         fields += [pa.field(name, _TYPES.get(name, pa.float64()))]
         if name not in DERIVED_COLUMNS:  # p_stable and known are e_above_hull's: no uncertainty
-            fields += [pa.field(f"{name}_uncertainty", pa.float64())]
+            fields += [
+                pa.field(f"{name}_uncertainty", pa.float64()),
+                pa.field(f"{name}_in_domain", pa.bool_()),
+            ]
     fields += [pa.field(IN_DOMAIN, pa.bool_())]  # inside every model's training domain (null: unknown)
     fields += [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
     return pa.schema(fields)
@@ -80,12 +84,20 @@ def chunk_table(result: ChunkResult, properties: Sequence[str]) -> pa.Table:
             columns.append(pa.array(values, pa.float64(), from_pandas=True))
         if name not in DERIVED_COLUMNS:
             columns.append(pa.array(result.uncertainties[name], pa.float64(), from_pandas=True))
-    columns.append(pa.array(result.in_domain == 1.0, pa.bool_(), mask=np.isnan(result.in_domain)))
+            columns.append(_flags(result.domains.get(name), len(result)))
+    columns.append(_flags(result.in_domain, len(result)))
     columns += [
         [None if error is None else error["code"] for error in result.errors],
         [None if error is None else error["message"] for error in result.errors],
     ]
     return pa.Table.from_arrays(columns, schema=result_schema(properties))
+
+
+def _flags(domain: np.ndarray | None, rows: int) -> pa.Array:
+    """1.0/0.0/NaN as true/false/null (all null where the model records no domain)."""
+    if domain is None:
+        return pa.nulls(rows, pa.bool_())
+    return pa.array(domain == 1.0, pa.bool_(), mask=np.isnan(domain))
 
 
 def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.Table:

@@ -174,6 +174,12 @@ async def test_a_screen_flags_its_rows_and_can_keep_only_those_inside(models, tm
         download = await client.get(f"/screen/{job['id']}/results", params={"format": "csv"})
         table = list(csv.DictReader(io.StringIO(download.text)))
         assert [row["in_domain"] for row in table] == ["true", "false", "false", ""]
+        # ... and per property, as /predict/batch's CSV: Si is outside for band gap only.
+        assert [row["band_gap_in_domain"] for row in table] == ["true", "false", "false", ""]
+        assert [row["formation_enthalpy_in_domain"] for row in table] == ["true", "true", "false", ""]
+        parquet = await client.get(f"/screen/{job['id']}/results", params={"format": "parquet"})
+        frame = pd.read_parquet(io.BytesIO(parquet.content))
+        assert frame["formation_enthalpy_in_domain"].tolist() == [True, True, False, None]
 
         # Only formation enthalpies: an element's is exact, so Si is inside.
         fe = await client.post("/screen", json={"formulas": ["Si"], "properties": ["formation_enthalpy"]})
