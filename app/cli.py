@@ -302,7 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         raise
-    return int(handler(args) or 0)
+    from pydantic import ValidationError
+
+    from app.settings import Settings, settings_problems
+
+    try:
+        return int(handler(args) or 0)
+    except ValidationError as error:
+        if error.title != Settings.__name__:
+            raise
+        for line in settings_problems(error):  # a bad IBRNET_ variable: say which, not a traceback
+            print(f"ibrnet {args.command}: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The repository's models/ folder; containers and installed copies point IBRNET_MODELS_DIR elsewhere.
@@ -20,6 +20,10 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+MAX_GC_THRESHOLD = 1_000_000_000
+GC_THRESHOLDS_RULE = f"three integers from 1 to {MAX_GC_THRESHOLD:,}, like 50000,20,20"
 
 
 class Settings(BaseSettings):
@@ -99,22 +103,38 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(","))
+            parts = [part.strip() for part in value.split(",")]
+            if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+                raise ValueError(GC_THRESHOLDS_RULE)
+            return tuple(int(part) for part in parts)
         return value
 
     @field_validator("gc_thresholds")
     @classmethod
     def _positive_thresholds(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(value) < 1:  # a young threshold of 0 would switch the collector off: cycles would leak
-            raise ValueError(f"IBRNET_GC_THRESHOLDS must be three integers >= 1, got {list(value)}")
+        # A young threshold of 0 would switch the collector off (cycles would leak); Python takes
+        # C ints, and past a billion allocations a threshold only means "never".
+        if not all(1 <= threshold <= MAX_GC_THRESHOLD for threshold in value):
+            raise ValueError(GC_THRESHOLDS_RULE)
         return value
 
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
-            raise ValueError(f"IBRNET_DATABASE_URL must be sqlite:// or postgresql://, got {value!r}")
+            raise ValueError("must be sqlite:// or postgresql://")
         return value
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per refused setting, named as it is set: ``IBRNET_GC_THRESHOLDS: ... (got 'a')``."""
+    lines: dict[str, str] = {}  # the first problem of each setting (a tuple's items each have one)
+    for problem in error.errors(include_url=False):
+        name = f"IBRNET_{str(problem['loc'][0]).upper()}" if problem["loc"] else "settings"
+        got = problem.get("input")
+        shown = "" if got is None or isinstance(got, dict) else f" (got {str(got)[:80]!r})"
+        lines.setdefault(name, f"{name}: {problem['msg'].removeprefix('Value error, ')}{shown}")
+    return list(lines.values())
 
 
 @lru_cache

@@ -8,6 +8,7 @@ import gc
 import pytest
 from pydantic import ValidationError
 
+from app.cli import main
 from app.collector import PYTHON_DEFAULT_THRESHOLDS
 from app.settings import Settings
 from tests.api.harness import make_settings, metric_value, oqmd_formulas, serve
@@ -59,11 +60,26 @@ async def test_a_burst_of_cold_predictions_runs_a_full_collection_only_at_python
 def test_thresholds_read_from_the_environment_and_bad_ones_are_refused(monkeypatch):
     monkeypatch.setenv("IBRNET_GC_THRESHOLDS", " 20000, 5,5 ")
     assert Settings().gc_thresholds == (20_000, 5, 5)
-    for bad, named in (
-        ("0,10,10", "three integers >= 1"),
-        ("700,10", "gc_thresholds"),
-        ("a,b,c", "gc_thresholds"),
-    ):
+    refused = {
+        "0,10,10": "three integers from 1",
+        "2147483648,1,1": "three integers from 1",  # past a C int: was a traceback at start-up
+        "99999999999999999999,1,1": "three integers from 1",
+        "700,10": "gc_thresholds",
+        "a,b,c": "gc_thresholds",
+    }
+    for bad, named in refused.items():
         monkeypatch.setenv("IBRNET_GC_THRESHOLDS", bad)
         with pytest.raises(ValidationError, match=named):
             Settings()
+
+
+def test_a_bad_setting_stops_the_server_with_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.setenv("IBRNET_GC_THRESHOLDS", "2147483648,1,1")  # a traceback at start-up before
+    monkeypatch.setenv("IBRNET_DATABASE_URL", "mysql://db")
+    assert main(["serve", "--port", "1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "ibrnet serve: IBRNET_DATABASE_URL: must be sqlite:// or postgresql:// (got 'mysql://db')",
+        "ibrnet serve: IBRNET_GC_THRESHOLDS: three integers from 1 to 1,000,000,000, like 50000,20,20 "
+        "(got '2147483648,1,1')",
+    ]
