@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 # A batch of 100,000 wrong-typed items must not produce a 100,000-entry error body.
 MAX_LISTED_ERRORS = 10
 
+# What an error body echoes of the request is bounded: a 30 MB JSON key came back three times
+# (90 MB), a CSV header of 400,000 names as a 3.6 MB list. Longer texts and lists are cut.
+MAX_ECHOED_CHARS = 1_000
+MAX_ECHOED_ITEMS = 100
+MAX_FIELD_PART_CHARS = 100  # of one key in a field path ("filters.<key>.max")
+
 # What FastAPI raises (HTTP 400) when it cannot even decode the body.
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
@@ -43,6 +49,7 @@ _HTTP_CODES = {
 def error_response(
     status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response:
+    error = _bounded(error)
     try:
         body = orjson.dumps({"error": error})
     except TypeError:
@@ -55,6 +62,21 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with every text cut to MAX_ECHOED_CHARS and every list to MAX_ECHOED_ITEMS (the
+    cut says how much was left out)."""
+    if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
+        return f"{value[:MAX_ECHOED_CHARS]}… ({len(value):,} characters)"
+    if isinstance(value, dict):
+        return {key: _bounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        kept = [_bounded(item) for item in value[:MAX_ECHOED_ITEMS]]
+        if len(value) > MAX_ECHOED_ITEMS:
+            kept.append(f"… {len(value) - MAX_ECHOED_ITEMS:,} more")
+        return kept
+    return value
 
 
 def route_label(scope: Scope) -> str:
@@ -77,10 +99,15 @@ def field_name(location: Sequence[str | int]) -> str:
     )
     if not parts:
         return str(location[0]) if location else "body"
-    name = str(parts[0])
+    name = _clipped(parts[0])
     for part in parts[1:]:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+        name += f"[{part}]" if isinstance(part, int) else f".{_clipped(part)}"
     return name
+
+
+def _clipped(part: str | int) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_FIELD_PART_CHARS else text[:MAX_FIELD_PART_CHARS] + "…"
 
 
 async def _domain_error(request: Request, error: Exception) -> Response:

@@ -202,3 +202,28 @@ async def test_a_body_in_another_format_is_a_415_naming_the_header(client):
             "/predict", content=b'{"formula": "NaCl"}', headers={"content-type": media_type}
         )
         assert answered.status_code == 200, answered.text
+
+
+async def test_an_error_body_echoes_a_bounded_part_of_what_was_sent(settings, tmp_path):
+    # A 30 MB key came back three times (90 MB); a 400,000-column header as a 3.6 MB list.
+    key = "k" * 2_000_000
+    async with serve(settings) as (_, client):
+        unknown_key = await client.post(
+            "/predict/batch", content=b'{"' + key.encode() + b'":1,"formulas":["NaCl"]}',
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        error = assert_error_body(unknown_key, 422, "invalid_request", "kkkk")
+        assert len(unknown_key.content) < 5_000
+        assert error["field"] == "k" * 100 + "…"
+
+        filter_key = await client.post("/screen", json={"formulas": ["NaCl"], "filters": {key: {"max": 1}}})
+        error = assert_error_body(filter_key, 422, "invalid_request", "at most 64 characters")
+        assert len(filter_key.content) < 5_000 and error["field"] == f"filters.{'k' * 100}….[key]"
+
+        header = ",".join(f"c{i}" for i in range(50_000))
+        wide = await client.post(
+            "/screen", files={"file": ("x.csv", f"{header}\n" + "1," * 49_999 + "1\n", "text/csv")}
+        )
+        error = assert_error_body(wide, 422, "missing_column", "c0")
+        assert len(wide.content) < 10_000
+        assert error["columns"][:2] == ["c0", "c1"] and error["columns"][-1] == "… 49,900 more"
