@@ -497,8 +497,27 @@ def _tokenize(text: str) -> list[_Token]:
             continue
         if kind != "ws":
             tokens.append(_Token(kind or "", match.group(), position))
+        elif tokens and match.end() < end:
+            _refuse_line_break(scan_text, position, match.end())
         position = match.end()
     return tokens
+
+
+# Spaces may separate tokens ("Li Fe P O4"); a line break may not. It means two formulas run
+# together: a CSV cell whose unclosed quote took in the rows after it ("Fe2O3\nNaCl" was read
+# as NaFe2ClO3), or two lines pasted into one field.
+_LINE_BREAK_RE = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def _refuse_line_break(text: str, start: int, stop: int) -> None:
+    found = _LINE_BREAK_RE.search(text, start, stop)
+    if found is not None:
+        raise FormulaError(
+            "invalid_formula",
+            f"line break at position {found.start()}: a formula is one line (two formulas run together?)",
+            token=found.group(),
+            position=found.start(),
+        )
 
 
 def _number_end(text: str, start: int, stop: int) -> int:

@@ -277,12 +277,31 @@ def iter_formulas(
     first characters), cut while still in Arrow: a 60 MB cell never becomes a Python string."""
     try:
         batches = _batches(source, column, file_format, batch_size)
+        rows = 0
         for batch in batches:
+            if file_format == "csv":
+                _refuse_runaway_quote(batch.column(0), rows)
             yield _texts(batch.column(0), max_formula_length)
+            rows += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
         raise InputFileError(
             "unreadable_file", f"cannot read the {file_format} file: {error}", format=file_format
         ) from None
+
+
+def _refuse_runaway_quote(column: pa.Array, rows_before: int) -> None:
+    """A CSV formula cell over several lines is a quote left open: it took in the rows after it
+    (a 1,000-row file became a 2-row screen), so the file is refused, not screened short."""
+    spans_lines = pc.match_substring_regex(column, r"[\r\n]").fill_null(False)
+    if pc.any(spans_lines).as_py():
+        row = rows_before + pc.index(spans_lines, True).as_py() + 1
+        raise InputFileError(
+            "unreadable_file",
+            f"data row {row:,} of the csv file runs over several lines: a formula is one line, and a "
+            'quote (") opened there and not closed where the formula ends takes in the rows after it',
+            format="csv",
+            row=row,
+        )
 
 
 def _texts(column: pa.Array, max_formula_length: int | None) -> list[str]:

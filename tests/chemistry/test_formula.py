@@ -161,6 +161,10 @@ BAD = [
     ("0H2O·CuSO4", "invalid_amount", "coefficient '0' at position 0 is zero"),
     ("(Fe5000O)3", "invalid_amount", "total amount 15000 of Fe is above the maximum 10000"),
     ("  Fe0O", "invalid_amount", "at position 4"),  # positions count the text as given
+    # two formulas run together (a CSV cell whose quote took in the next rows): was NaFe2ClO3
+    ("Fe2O3\nNaCl", "invalid_formula", "line break at position 5: a formula is one line"),
+    ("Fe2O3 \r\n NaCl", "invalid_formula", "line break at position 6"),
+    ("Fe2O3\u2028NaCl", "invalid_formula", "line break at position 5"),
 ]
 
 

@@ -36,6 +36,21 @@ def test_the_formula_column_is_read_after_the_header_check():
     assert _read_upload(content) == ["Fe2O3", "Li,Fe", "NaCl"]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'formula\nFe2O3\n"NaCl\n' + b"LiF\n" * 998,  # read as a 2-row file before
+        b'formula\nFe2O3\n"NaCl\nLiF\nKCl\n',  # read as Fe2O3 and NaFe2ClO3 ... before
+        b'formula,target\nFe2O3,1\n"Na\nCl",2\nKCl,3\n',
+    ],
+)
+def test_a_quote_left_open_refuses_the_csv_rather_than_swallow_its_rows(content: bytes):
+    with pytest.raises(InputFileError, match="data row 2 of the csv file runs over several lines") as refused:
+        _read_upload(content)
+    assert (refused.value.code, refused.value.details["row"]) == ("unreadable_file", 2)
+    assert _read_upload(b'formula\nFe2O3\n"NaCl"\n"K,Cl"\n') == ["Fe2O3", "NaCl", "K,Cl"]  # closed: fine
+
+
 def test_a_csv_whose_lines_end_in_a_lone_cr_is_read():
     """Old Mac and some Excel exports: the header check read the whole file as one line (500)."""
     assert _read_upload(b"formula,target\rFe2O3,1\rNaCl,2\r") == ["Fe2O3", "NaCl"]

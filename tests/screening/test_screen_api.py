@@ -204,6 +204,10 @@ async def test_bad_uploads_are_refused(client):
     assert wrong_type.json()["error"]["code"] == "unsupported_file_type"
     no_file = await client.post("/screen", data={"options": "{}"}, files={"other": ("x.csv", csv)})
     assert no_file.json()["error"]["code"] == "missing_file"
+    open_quote = b'formula\nFe2O3\n"NaCl\n' + b"LiF\n" * 998  # was a 2-row screen
+    swallowed = await client.post("/screen", files={"file": ("x.csv", open_quote, "text/csv")})
+    assert swallowed.status_code == 422 and swallowed.json()["error"]["code"] == "unreadable_file"
+    assert swallowed.json()["error"]["row"] == 2
 
 
 async def test_unknown_jobs_are_404(client):
