@@ -269,9 +269,11 @@ def passes_filters(result: ChunkResult, request: ScreenRequest) -> np.ndarray:
         keep &= _within(result.values[name], result.uncertainties[name], bounds, result.domains.get(name))
     if request.max_uncertainty is not None:
         for name, uncertainty in result.uncertainties.items():
-            # NaN = a point model without an uncertainty: max_uncertainty does not apply to it.
+            # A value without an uncertainty is a point model's: max_uncertainty does not apply to
+            # it. No value at all (e_above_hull past the hull's elements) is not certain enough, as
+            # with the property's own bound (_within).
             certain = (uncertainty <= request.max_uncertainty) & _not_outside(result.domains.get(name))
-            keep &= np.isnan(uncertainty) | certain
+            keep &= (np.isnan(uncertainty) & np.isfinite(result.values[name])) | certain
     return keep
 
 

@@ -189,3 +189,23 @@ async def test_a_jobs_hull_is_built_once_and_not_served_after_the_job_is_gone(
     assert answers[0].json()["id"] == job["id"] and len({answer.content for answer in answers}) == 1
     assert kept == 1
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+
+
+async def test_a_row_without_e_above_hull_passes_no_uncertainty_bound(
+    mp_models_dir, paper_reference, tmp_path
+):
+    # NaCl lies outside the Li-O reference: no e_above_hull. The top-level bound let it through
+    # (its missing uncertainty read as a point model's) where the property's own bound did not.
+    settings = screen_settings(mp_models_dir, tmp_path, hull_reference=paper_reference)
+    base = {"formulas": ["Li2O", "NaCl"], "properties": ["e_above_hull"]}
+    kept = {}
+    async with serve(settings) as (_, client):
+        for name, bound in {
+            "none": {},
+            "top-level": {"max_uncertainty": 10.0},
+            "per-property": {"filters": {"e_above_hull": {"max_uncertainty": 10.0}}},
+        }.items():
+            job = (await client.post("/screen", json={**base, **bound})).json()
+            await wait_for(client, job["id"])
+            kept[name] = [row["formula"] for row in await results_of(client, job["id"])]
+    assert kept == {"none": ["Li2O", "NaCl"], "top-level": ["Li2O"], "per-property": ["Li2O"]}
