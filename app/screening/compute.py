@@ -7,7 +7,7 @@ needs rows (the job store) or a table (CSV/Parquet).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,12 +173,15 @@ class ScreenModels:
         keys: Sequence[str | None],
         hull_energy: np.ndarray,
         element_counts: np.ndarray,
+        domains: Mapping[str, np.ndarray],
     ) -> None:
-        """e_above_hull, p_stable and known from the source model's columns and the hull energies."""
+        """e_above_hull, p_stable and known from the source model's columns and the hull energies
+        (p_stable is NaN outside the source model's training domain, see ``above_hull``)."""
         assert self.stability is not None and self.source is not None
         predicted = values[self.source.property]
         sigma = uncertainties[self.source.property]
-        above, probability = self.stability.above_hull(predicted, sigma, hull_energy, element_counts)
+        inside = domains.get(self.source.property)
+        above, probability = self.stability.above_hull(predicted, sigma, hull_energy, element_counts, inside)
         values[E_ABOVE_HULL] = above
         uncertainties[E_ABOVE_HULL] = np.where(
             element_counts == 1, 0.0, np.where(np.isfinite(above), sigma, np.nan)
@@ -196,7 +199,7 @@ class ScreenModels:
         domains = self.domains(batch)
         if self.stability is not None:
             hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
-            self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1))
+            self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1), domains)
         return ChunkResult(
             row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),
             formulas=keys,
@@ -233,7 +236,8 @@ class ScreenModels:
         domains: dict[str, np.ndarray] = {}
         if parsed:
             batch = RaggedBatch.from_formulas(parsed)
-            for name, flags in self.domains(batch).items():
+            batch_domains = self.domains(batch)
+            for name, flags in batch_domains.items():
                 domains[name] = np.full(len(formulas), np.nan)
                 domains[name][valid] = flags
             got_values, got_uncertainties = self.predict_batch(batch)
@@ -241,7 +245,7 @@ class ScreenModels:
                 hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
                 keys = [formula.canonical_key for formula in parsed]
                 counts = np.array([len(formula.elements) for formula in parsed])
-                self.add_stability(got_values, got_uncertainties, keys, hull_energy, counts)
+                self.add_stability(got_values, got_uncertainties, keys, hull_energy, counts, batch_domains)
             for name in self.properties:
                 values[name][valid] = got_values[name]
                 uncertainties[name][valid] = got_uncertainties[name]

@@ -213,15 +213,24 @@ class StabilityAssessor:
         return energies
 
     def above_hull(
-        self, predicted: np.ndarray, sigma: np.ndarray, hull_energy: np.ndarray, elements: np.ndarray
+        self,
+        predicted: np.ndarray,
+        sigma: np.ndarray,
+        hull_energy: np.ndarray,
+        elements: np.ndarray,
+        inside: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(e_above_hull, p_stable) from predicted energies, their sigma and the hull energies.
 
         ``elements``: element count per row. A pure element is the hull's own terminal point, 0 by
-        definition and certainly on the hull, whatever a model predicts for it.
+        definition and certainly on the hull, whatever a model predicts for it. ``inside``: the
+        source model's training-domain flag per row (1.0, 0.0; None: not recorded); outside it
+        p_stable is NaN, as the interval is: its sigma was calibrated on compositions unlike it.
         """
         above = np.asarray(predicted, dtype=np.float64) - hull_energy
         probability = p_stable(above, np.asarray(sigma, dtype=np.float64), self.calibration)
+        if inside is not None:
+            probability = np.where(np.asarray(inside) == 0.0, np.nan, probability)
         element = (np.asarray(elements) == 1) & np.isfinite(hull_energy)
         return np.where(element, 0.0, above), np.where(element, 1.0, probability)
 
@@ -264,7 +273,8 @@ class StabilityAssessor:
         )
         hull_energy, facets, hulls = self._hull_energies_and_facets(amounts)
         sizes = np.array([len(composition) for composition in amounts])
-        above, probability = self.above_hull(predicted, sigma, hull_energy, sizes)
+        inside = np.array([np.nan if s.in_domain is None else float(s.in_domain) for s in sources])
+        above, probability = self.above_hull(predicted, sigma, hull_energy, sizes, inside)
         known = self.known(keys)
         answers: list[StabilityPrediction] = []
         for row, (composition, source) in enumerate(zip(amounts, sources, strict=True)):
@@ -301,7 +311,7 @@ class StabilityAssessor:
                     value=float(above[row]),
                     uncertainty=0.0 if element else source.uncertainty,
                     interval=interval,
-                    p_stable=float(probability[row]),
+                    p_stable=None if math.isnan(probability[row]) else float(probability[row]),
                     decomposition=hull.decomposition(fractions, int(facets[row])),
                     reference_value=None if dft is None else dft - float(hull_energy[row]),
                 )

@@ -245,3 +245,30 @@ def test_a_dask_worker_with_another_training_domain_refuses(models, tmp_path, do
     manifest.save(worker_dir / "bg")
     with pytest.raises(RuntimeError, match="give every worker the same model files"):
         dask_runner.worker_models(spec)
+
+
+async def test_outside_the_domain_e_above_hull_claims_no_p_stable(tmp_path, domain, paper_reference):
+    # p_stable is read from the same calibrated sigma as the interval: outside the source model's
+    # domain it said 0.15 for Fe10000Si0.0001 while the interval was (rightly) withheld.
+    root = tmp_path / "models"
+    write_model(
+        root / "mp", property_name="formation_energy_mp", unit="eV/atom", seed=7, ensemble=True,
+        elements_are_zero=True, domain=domain,
+    )  # fmt: skip
+    trace = "Li10000O0.001"  # oxygen 1e-7 of the atoms: pure lithium to any network
+    assert domain.warning(parse_formula(trace))["code"] == "trace_element"
+    settings = make_settings(root, f"sqlite:///{tmp_path / 'cache.db'}", hull_reference=paper_reference)
+    async with serve(settings) as (_, client):
+        answers = {
+            formula: (await client.post("/predict", json={"formula": formula})).json()["predictions"]
+            for formula in ("Li2O", trace)
+        }
+        job = await client.post("/screen", json={"formulas": [trace, "Li2O"], "sort_by": "p_stable"})
+        rows = await all_results(client, (await wait_for(client, job.json()["id"]))["id"])
+    inside, outside = answers["Li2O"]["e_above_hull"], answers[trace]["e_above_hull"]
+    assert inside["in_domain"] is True and 0 <= inside["p_stable"] <= 1
+    assert outside["in_domain"] is False and outside["value"] is not None
+    assert outside["p_stable"] is None and outside["interval"] is None
+    # a screen says the same, and ranks the row without one last
+    assert [row["formula"] for row in rows] == ["Li2O", trace]
+    assert rows[1]["predictions"]["e_above_hull"]["p_stable"] is None
