@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Predictions kept in process memory in front of the SQL cache (all models together; about
     # 300 bytes each, 30 MB at the default): repeats skip the database and the batcher. 0: off.
     memory_cache_rows: int = Field(100_000, ge=0)
+    # Rows the SQL prediction cache keeps (every model's; ~150 bytes each on disk, 1.5 GB at the
+    # default): past it the oldest written are deleted. Distinct formulas never run out. 0: no bound.
+    cache_max_rows: int = Field(10_000_000, ge=0)
 
     # Python's cyclic collector while serving: young, middle and old generation thresholds
     # (app/collector.py; Python's own are 700,10,10), written 50000,20,20 in the environment.

@@ -64,7 +64,7 @@ class Services:
             # Not fatal: predictions are served without the cache until the database answers.
             logger.warning("database unavailable at start-up: %s", error)
         store = PredictionStore(engine)
-        writer = CacheWriter(store)
+        writer = CacheWriter(store, max_rows=settings.cache_max_rows)
         metrics.watch_pending_writes(lambda: writer.pending)
         # One cache for the batchers (their worker threads look rows up) and the predictor.
         recent = RecentPredictions(settings.memory_cache_rows)

@@ -24,8 +24,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import DateTime, Engine, Float, String, any_, bindparam, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, Insert
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Float,
+    Select,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
@@ -58,7 +71,10 @@ class PredictionRecord(Base):
     composition_key: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[float] = mapped_column(Float(precision=53))
     uncertainty: Mapped[float | None] = mapped_column(Float(precision=53))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Indexed: the oldest rows are the ones a full cache drops (IBRNET_CACHE_MAX_ROWS).
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
 
 
 _TABLE = PredictionRecord.__table__
@@ -66,7 +82,7 @@ _KEY_ARRAY = ARRAY(String)
 _FLOAT_ARRAY = ARRAY(Float(precision=53))
 
 
-def _postgres_insert() -> Insert:
+def _postgres_insert() -> Select[tuple[int]]:
     rows = (
         func.unnest(
             bindparam("keys", type_=_KEY_ARRAY),
@@ -78,7 +94,10 @@ def _postgres_insert() -> Insert:
     )
     source = select(bindparam("model_version", type_=String), rows.c.key, rows.c.value, rows.c.uncertainty)
     columns = ["model_version", "composition_key", "value", "uncertainty"]
-    return postgresql_insert(_TABLE).from_select(columns, source).on_conflict_do_nothing()
+    inserted = postgresql_insert(_TABLE).from_select(columns, source).on_conflict_do_nothing()
+    # How many rows were new, in one row (psycopg reports no rowcount for this statement).
+    new_rows = inserted.returning(literal_column("1")).cte("inserted")
+    return select(func.count()).select_from(new_rows)
 
 
 # Built once: the same statement object hits SQLAlchemy's compiled cache on every call.
@@ -136,8 +155,9 @@ class PredictionStore:
                     found[key] = CachedPrediction(value, uncertainty)
         return found
 
-    def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> None:
+    def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> int:
         """Insert rows that are not cached yet; rows already there (any writer's) are left alone.
+        Returns how many were new.
 
         A non-finite value is not cached (it would be served forever); a NaN uncertainty (a
         point model's) is stored as NULL.
@@ -148,14 +168,18 @@ class PredictionStore:
             if math.isfinite(prediction.value)
         ]
         if not items:
-            return
+            return 0
+        inserted = 0
         # One transaction: on SQLite one commit (one fsync) instead of one per chunk.
         with self._guard("save"), self._engine.begin() as connection:
             if self._postgres:
                 for chunk in _chunks(items, self.insert_chunk_size):
                     keys, values, uncertainties = (list(column) for column in zip(*chunk, strict=True))
                     parameters = {"model_version": model_version, "keys": keys, "values": values}
-                    connection.execute(_POSTGRES_INSERT, parameters | {"uncertainties": uncertainties})
+                    result = connection.execute(
+                        _POSTGRES_INSERT, parameters | {"uncertainties": uncertainties}
+                    )
+                    inserted += int(result.scalar_one())
             else:
                 parameters_per_row = [
                     {
@@ -167,9 +191,27 @@ class PredictionStore:
                     for key, value, uncertainty in items
                 ]
                 paged = connection.execution_options(insertmanyvalues_page_size=self.insert_chunk_size)
-                paged.execute(_SQLITE_INSERT, parameters_per_row).close()
+                inserted = len(paged.execute(_SQLITE_INSERT, parameters_per_row).all())  # RETURNING: new rows
         if self._file_inode is None:  # the file written to: its deletion is noticed by the next ping
             self._remember_file()
+        return inserted
+
+    def count(self) -> int:
+        """Rows cached, every model version's."""
+        with self._guard("count"), self._engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(_TABLE)).scalar_one())
+
+    def drop_oldest(self, rows: int) -> int:
+        """Delete the ``rows`` oldest cached predictions (by when they were written); returns how
+        many went."""
+        if rows <= 0:
+            return 0
+        key = tuple_(_TABLE.c.model_version, _TABLE.c.composition_key)
+        oldest = (
+            select(_TABLE.c.model_version, _TABLE.c.composition_key).order_by(_TABLE.c.created_at).limit(rows)
+        )
+        with self._guard("drop_oldest"), self._engine.begin() as connection:
+            return max(0, connection.execute(delete(_TABLE).where(key.in_(oldest))).rowcount)
 
     def _lookup_statement(self, model_version: str, keys: list[str]) -> tuple[Executable, dict[str, object]]:
         if self._postgres:

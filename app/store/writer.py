@@ -5,7 +5,8 @@ never waits for the database. The thread merges what is queued into chunks, writ
 while the database is down keeps the rows and retries with exponential back-off (with jitter, so
 replicas do not hammer a database that just came back). When more rows wait than the bound
 allows, the oldest are dropped and counted: a cache may forget, a service must not run out of
-memory.
+memory. Nor of disk: past ``max_rows`` cached rows the oldest written are deleted, down to 90%
+of the bound (distinct formulas are endless; one client sending them would fill the disk).
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ class CacheWriter:
         *,
         max_pending_rows: int = 1_000_000,
         chunk_rows: int = 10_000,
+        max_rows: int = 0,
         initial_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
     ) -> None:
-        if max_pending_rows < 1 or chunk_rows < 1:
-            raise ValueError("max_pending_rows and chunk_rows must be positive")
+        """``max_rows``: the most rows the database keeps (0: no bound)."""
+        if max_pending_rows < 1 or chunk_rows < 1 or max_rows < 0:
+            raise ValueError("max_pending_rows and chunk_rows must be positive, max_rows not negative")
         self._store = store
+        self._max_rows = max_rows
+        self._stored: int | None = None  # rows in the database as last counted, plus those added since
         self._max_pending_rows = max_pending_rows
         self._chunk_rows = chunk_rows
         self._initial_backoff_s = initial_backoff_s
@@ -52,6 +57,7 @@ class CacheWriter:
 
         self.dropped = 0  # rows given up: queue full, or still unwritten when close() ran out of time
         self.written = 0  # rows handed to the database (including ones it already had)
+        self.evicted = 0  # oldest rows deleted to keep the database within max_rows
         self.failures = 0  # failed write attempts since the last success
         self.last_error: str | None = None
 
@@ -140,7 +146,8 @@ class CacheWriter:
             by_version.setdefault(version, {}).update(rows)
         for position, (version, rows) in enumerate(by_version.items()):
             try:
-                self._store.save(version, rows)
+                inserted = self._store.save(version, rows)
+                self._keep_within_bound(inserted)
             except StoreUnavailable as error:
                 self._note_failure(str(error))
                 return [(v, list(r.items())) for v, r in list(by_version.items())[position:]]
@@ -157,6 +164,25 @@ class CacheWriter:
                 self.failures = 0
                 self.last_error = None
         return []
+
+    def _keep_within_bound(self, inserted: int) -> None:
+        """Past max_rows, delete the oldest rows down to 90% of it (so not after every write).
+        The count is the database's own, taken again after each eviction: other replicas write too."""
+        if not self._max_rows:
+            return
+        if self._stored is None:
+            self._stored = self._store.count()
+        else:
+            self._stored += inserted
+        if self._stored <= self._max_rows:
+            return
+        evicted = self._store.drop_oldest(self._stored - self._max_rows * 9 // 10)
+        self._stored = self._store.count()
+        with self._condition:
+            self.evicted += evicted
+        logger.info(
+            "prediction cache at its bound: deleted the %d oldest rows, %d kept", evicted, self._stored
+        )
 
     def _note_failure(self, message: str) -> None:
         with self._condition:

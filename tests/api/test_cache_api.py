@@ -10,7 +10,14 @@ import time
 import pytest
 
 from app.chemistry.fingerprint import CHEMISTRY_DIR, chemistry_fingerprint, fingerprint_of
-from tests.api.harness import flush_cache_writes, make_settings, metric_total, metric_value, serve
+from tests.api.harness import (
+    flush_cache_writes,
+    make_settings,
+    metric_total,
+    metric_value,
+    oqmd_formulas,
+    serve,
+)
 from tests.model_factory import reference_outputs, write_model
 from tests.tcp_proxy import TcpProxy
 
@@ -186,3 +193,12 @@ async def test_restart_on_postgres_answers_from_the_cache(models_dir):
     # The session's salted model versions are new to this database, so the first answer was computed.
     assert [p["cached"] for p in first["predictions"].values()] == [False] * 3
     assert [p["cached"] for p in again["predictions"].values()] == [True] * 3
+
+
+async def test_the_cache_keeps_at_most_cache_max_rows(models_dir, sqlite_url):
+    settings = make_settings(models_dir, sqlite_url, cache_max_rows=100)
+    async with serve(settings) as (app, client):
+        batch = await client.post("/predict/batch", json={"formulas": oqmd_formulas(300)})
+        assert batch.status_code == 200
+        await flush_cache_writes(app)
+        assert app.state.store.count() <= 100 and app.state.writer.evicted > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -29,10 +30,10 @@ class GatedStore(PredictionStore):
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> None:
+    def save(self, model_version: str, rows: Mapping[str, CachedPrediction]) -> int:
         self.entered.set()
         self.gate.wait()
-        super().save(model_version, rows)
+        return super().save(model_version, rows)
 
 
 @pytest.fixture
@@ -158,3 +159,26 @@ def test_close_gives_up_on_a_dead_database(tmp_path: Path, formulas: list[str]) 
     writer.submit("v1", predictions_for(formulas[:100]))
     writer.close(timeout=0.2)
     assert writer.pending == 0 and writer.dropped == 100 and writer.written == 0
+
+
+def test_past_max_rows_the_oldest_rows_are_deleted(store: PredictionStore, formulas: list[str]) -> None:
+    # Distinct formulas never run out: one client sending them grew the cache 48 MB in 20 s.
+    writer = CacheWriter(store, max_rows=300)
+    old, new = predictions_for(formulas[:200]), predictions_for(formulas[200:400], offset=1.0)
+    writer.submit("v1", old)
+    assert writer.flush(timeout=60) and store.count() == 200 and writer.evicted == 0
+    time.sleep(1.1)  # created_at: SQLite's CURRENT_TIMESTAMP counts whole seconds
+    writer.submit("v1", new)
+    assert writer.flush(timeout=60)
+    assert store.count() == 270 and writer.evicted == 130  # down to 90% of the bound, oldest first
+    assert store.lookup("v1", formulas[200:400]) == new
+    assert len(store.lookup("v1", formulas[:200])) == 70
+    writer.submit("v1", new)  # already there: nothing new, nothing deleted
+    assert writer.flush(timeout=60) and store.count() == 270 and writer.evicted == 130
+    writer.close()
+
+
+def test_save_says_how_many_rows_were_new(store: PredictionStore, formulas: list[str]) -> None:
+    assert store.save("v1", predictions_for(formulas[:50])) == 50
+    assert store.save("v1", predictions_for(formulas[25:75])) == 25
+    assert store.drop_oldest(10) == 10 and store.count() == 65
