@@ -116,7 +116,14 @@ _PROPERTY_COLUMNS = (
     *("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached"),
     *("_in_domain", "_domain_warning"),
 )
-_STABILITY_COLUMNS = ("p_stable", "decomposition", "known", "reference_value", "reference")
+_STABILITY_COLUMNS = (
+    "p_stable",
+    "decomposition",
+    "known",
+    "reference_value",
+    "reference",
+    "e_above_hull_error",
+)
 
 
 def csv_header(properties: Sequence[str]) -> list[str]:
@@ -156,6 +163,7 @@ def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
                 "true" if p.known else "false",
                 "" if p.reference_value is None else repr(p.reference_value),
                 f"{p.reference['name']} {p.reference['sha256']}",
+                "" if p.error is None else p.error["code"],  # why there is no value
             ]
     return [*row, "", ""]
 

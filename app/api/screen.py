@@ -32,7 +32,7 @@ from app.api.hull_answers import HullAnswers
 from app.api.spreadsheet import defused_table
 from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
-from app.screening.compute import IN_DOMAIN, OUTSIDE
+from app.screening.compute import HULL_ERROR, IN_DOMAIN, OUTSIDE
 from app.screening.enumerate import parse_chemsys
 from app.screening.io import MEDIA_TYPES, DrainedSink, ResultWriter, format_of, read_formulas, rows_table
 from app.screening.runner import ScreeningRunner
@@ -375,6 +375,8 @@ def api_row(row: ResultRow, models: dict[str, dict[str, Any]]) -> dict[str, Any]
             known=None if known is None else known == 1.0,
             reference=models[E_ABOVE_HULL]["reference"],
         )
+        if HULL_ERROR in row.payload:
+            predictions[E_ABOVE_HULL]["error"] = row.payload[HULL_ERROR]
     return {
         "index": row.row_index,
         "formula": row.formula,

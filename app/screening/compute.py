@@ -31,6 +31,7 @@ from app.stability.assess import (
 
 IN_DOMAIN = "in_domain"  # a screen row's flag: inside every screened model's training domain
 OUTSIDE = "outside"  # a stored row's properties whose models' domains it is outside of
+HULL_ERROR = "hull_error"  # a stored row's reason for having no e_above_hull (as /predict's error)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class ChunkResult:
     # per property whose model records a training domain (e_above_hull: its source model's): 1.0
     # where the row lies inside it, 0.0 where outside, NaN on a refused row
     domains: dict[str, np.ndarray] = field(default_factory=dict)
+    # why a row has no e_above_hull (StabilityAssessor.why_not's error body), None where it has one
+    # or the screen asks for no stability; empty when it asks for none
+    hull_errors: list[dict[str, Any] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.formulas)
@@ -70,6 +74,7 @@ class ChunkResult:
             uncertainties={name: column[positions] for name, column in self.uncertainties.items()},
             errors=[self.errors[i] for i in picked],
             domains={name: flags[positions] for name, flags in self.domains.items()},
+            hull_errors=[self.hull_errors[i] for i in picked] if self.hull_errors else [],
         )
 
 
@@ -189,6 +194,15 @@ class ScreenModels:
         values["p_stable"], uncertainties["p_stable"] = probability, np.full(len(above), np.nan)
         values["known"], uncertainties["known"] = self.stability.known(keys), np.full(len(above), np.nan)
 
+    def hull_errors(self, systems: Sequence[frozenset[str] | None]) -> list[dict[str, Any] | None]:
+        """Why each row gets no e_above_hull (None: it gets one, or is refused), as /predict says it."""
+        assert self.stability is not None
+        reasons: dict[frozenset[str], dict[str, Any] | None] = {}
+        for system in systems:
+            if system is not None and system not in reasons:
+                reasons[system] = self.stability.why_not(system)
+        return [None if system is None else reasons[system] for system in systems]
+
     def predict_amounts(
         self, encoder: StoichiometryEncoder, amounts: np.ndarray, first_row: int
     ) -> ChunkResult:
@@ -197,9 +211,15 @@ class ScreenModels:
         batch = encoder.batch(amounts)
         values, uncertainties = self.predict_batch(batch)
         domains = self.domains(batch)
+        hull_errors: list[dict[str, Any] | None] = []
         if self.stability is not None:
             hull_energy = self.stability.hull_energy_matrix(encoder.elements, amounts)
             self.add_stability(values, uncertainties, keys, hull_energy, (amounts > 0).sum(axis=1), domains)
+            # rows of one sub-system share a reason: look each sub-system up once
+            present = amounts > 0
+            systems, row_system = np.unique(present, axis=0, return_inverse=True)
+            reasons = self.hull_errors([frozenset(np.array(encoder.elements)[system]) for system in systems])
+            hull_errors = [reasons[i] for i in row_system.ravel().tolist()]
         return ChunkResult(
             row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),
             formulas=keys,
@@ -208,6 +228,7 @@ class ScreenModels:
             uncertainties=uncertainties,
             errors=[None] * len(amounts),
             domains=domains,
+            hull_errors=hull_errors,
         )
 
     def predict_formulas(self, formulas: Sequence[str], first_row: int) -> ChunkResult:
@@ -234,6 +255,7 @@ class ScreenModels:
         values = {name: np.full(len(formulas), np.nan) for name in self.properties}
         uncertainties = {name: np.full(len(formulas), np.nan) for name in self.properties}
         domains: dict[str, np.ndarray] = {}
+        hull_errors: list[dict[str, Any] | None] = []
         if parsed:
             batch = RaggedBatch.from_formulas(parsed)
             batch_domains = self.domains(batch)
@@ -242,6 +264,10 @@ class ScreenModels:
                 domains[name][valid] = flags
             got_values, got_uncertainties = self.predict_batch(batch)
             if self.stability is not None:
+                systems: list[frozenset[str] | None] = [None] * len(formulas)
+                for position, formula in zip(valid, parsed, strict=True):
+                    systems[position] = frozenset(formula.elements)
+                hull_errors = self.hull_errors(systems)
                 hull_energy = self.stability.hull_energies([formula.amount_dict for formula in parsed])
                 keys = [formula.canonical_key for formula in parsed]
                 counts = np.array([len(formula.elements) for formula in parsed])
@@ -257,6 +283,7 @@ class ScreenModels:
             uncertainties=uncertainties,
             errors=errors,
             domains=domains,
+            hull_errors=hull_errors,
         )
 
 

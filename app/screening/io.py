@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 from app.chemistry.formula import clip_formula
 from app.errors import DomainError, PayloadTooLargeError
 from app.screening.compute import IN_DOMAIN, ChunkResult
-from app.stability.assess import DERIVED_COLUMNS
+from app.stability.assess import DERIVED_COLUMNS, E_ABOVE_HULL
 
 Format = Literal["csv", "parquet"]
+HULL_ERROR_COLUMN = f"{E_ABOVE_HULL}_error"  # the code of why a row has no e_above_hull
 FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MEDIA_TYPES: dict[Format, str] = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
@@ -64,6 +65,8 @@ def result_schema(properties: Sequence[str]) -> pa.Schema:
                 pa.field(f"{name}_uncertainty", pa.float64()),
                 pa.field(f"{name}_in_domain", pa.bool_()),
             ]
+        if name == E_ABOVE_HULL:  # why a row has none (outside_hull_reference, ...), as /predict says
+            fields += [pa.field(HULL_ERROR_COLUMN, pa.string())]
     fields += [pa.field(IN_DOMAIN, pa.bool_())]  # inside every model's training domain (null: unknown)
     fields += [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
     return pa.schema(fields)
@@ -85,6 +88,11 @@ def chunk_table(result: ChunkResult, properties: Sequence[str]) -> pa.Table:
         if name not in DERIVED_COLUMNS:
             columns.append(pa.array(result.uncertainties[name], pa.float64(), from_pandas=True))
             columns.append(_flags(result.domains.get(name), len(result)))
+        if name == E_ABOVE_HULL:
+            reasons = result.hull_errors or [None] * len(result)
+            columns.append(
+                pa.array([None if reason is None else reason["code"] for reason in reasons], pa.string())
+            )
     columns.append(_flags(result.in_domain, len(result)))
     columns += [
         [None if error is None else error["code"] for error in result.errors],
@@ -113,6 +121,7 @@ def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.
             for column in DERIVED_COLUMNS:
                 if column in values and prediction.get(column) is not None:
                     values[column][i] = float(prediction[column])
+    hull_errors = [((row.get("predictions") or {}).get(E_ABOVE_HULL) or {}).get("error") for row in rows]
     result = ChunkResult(
         row_index=np.array([row["index"] for row in rows], dtype=np.int64),
         formulas=[row["formula"] for row in rows],
@@ -121,6 +130,7 @@ def rows_table(rows: Sequence[dict[str, Any]], properties: Sequence[str]) -> pa.
         uncertainties=uncertainties,
         errors=[row.get("error") for row in rows],
         domains=_domains(rows),
+        hull_errors=hull_errors,
     )
     return chunk_table(result, properties)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from app.errors import DomainError
 from app.inference.registry import ModelRegistry
-from app.screening.compute import OUTSIDE, ChunkResult, ScreenModels, passes_filters, rank_within
+from app.screening.compute import HULL_ERROR, OUTSIDE, ChunkResult, ScreenModels, passes_filters, rank_within
 from app.screening.sources import Source, source_for
 from app.screening.spec import ScreenRequest
 from app.settings import Settings
@@ -420,6 +420,8 @@ def _store_rows(result: ChunkResult, sort_by: str | None) -> list[dict[str, Any]
             outside = [name for name, flags in domains.items() if flags[i] == 0.0]
             if outside:  # which models' training domains it is outside of (the job knows which record one)
                 payload[OUTSIDE] = outside
+            if result.hull_errors and result.hull_errors[i] is not None:  # why it has no e_above_hull
+                payload[HULL_ERROR] = result.hull_errors[i]
         rows.append(
             {
                 "row_index": index,

@@ -209,3 +209,29 @@ async def test_a_row_without_e_above_hull_passes_no_uncertainty_bound(
             await wait_for(client, job["id"])
             kept[name] = [row["formula"] for row in await results_of(client, job["id"])]
     assert kept == {"none": ["Li2O", "NaCl"], "top-level": ["Li2O"], "per-property": ["Li2O"]}
+
+
+async def test_a_row_without_e_above_hull_says_why_in_every_format(mp_models_dir, paper_reference, tmp_path):
+    settings = screen_settings(mp_models_dir, tmp_path, hull_reference=paper_reference)
+    body = {"formulas": ["Li2O", "NaCl", "Xx"], "properties": ["e_above_hull"]}
+    async with serve(settings) as (_, client):
+        single = (await client.post("/predict", json={"formula": "NaCl"})).json()["predictions"][
+            "e_above_hull"
+        ]
+        batch = await client.post(
+            "/predict/batch", json={"formulas": ["Li2O", "NaCl"]}, headers={"accept": "text/csv"}
+        )
+        job = (await client.post("/screen", json=body)).json()
+        await wait_for(client, job["id"])
+        rows = await results_of(client, job["id"])
+        as_csv = (await client.get(f"/screen/{job['id']}/results", params={"format": "csv"})).text
+        parquet = (await client.get(f"/screen/{job['id']}/results", params={"format": "parquet"})).content
+    assert single["value"] is None and single["error"]["code"] == "outside_hull_reference"
+    # the screen's JSON row answers as /predict does
+    assert rows[1]["predictions"]["e_above_hull"]["error"] == single["error"]
+    assert "error" not in rows[0]["predictions"]["e_above_hull"]
+    # and every table has the code in e_above_hull_error (a refused formula has its own error)
+    codes = ["", "outside_hull_reference", ""]
+    assert [row["e_above_hull_error"] for row in csv.DictReader(io.StringIO(as_csv))] == codes
+    assert pd.read_parquet(io.BytesIO(parquet))["e_above_hull_error"].fillna("").tolist() == codes
+    assert [row["e_above_hull_error"] for row in csv.DictReader(io.StringIO(batch.text))] == codes[:2]
