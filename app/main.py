@@ -11,6 +11,7 @@ from app.api import health, limits, models, predict, screen
 from app.api.access import AccessMiddleware, configured_digests
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
+from app.api.head import HeadAsGet
 from app.api.middleware import ServiceMiddleware
 from app.collector import serving_collector
 from app.inference.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
+    app.add_middleware(HeadAsGet)  # innermost: the other middlewares see the request as sent
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
     # Added last, so it runs first: a refused key costs no body read (its answer is still counted,
     # since the metrics middleware records failures through the app's state).

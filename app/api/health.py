@@ -15,17 +15,14 @@ router = APIRouter(tags=["health"])
 _ALIVE = b'{"status":"ok"}'
 
 
-# HEAD too: load balancers and uptime probes often check liveness with HEAD. It is a second route
-# left out of the OpenAPI document, where it would repeat GET's operation id.
+# HEAD too (load balancers and uptime probes check liveness with it): app/api/head.py.
 @router.get("/health", response_model=HealthPublic)
-@router.head("/health", include_in_schema=False)
 async def health() -> Response:
     """Liveness: the process answers. Says nothing about models or the database (see /ready)."""
     return Response(_ALIVE, media_type="application/json")
 
 
 @router.get("/ready", response_model=ReadyPublic, responses={503: {"model": ReadyPublic}})
-@router.head("/ready", include_in_schema=False)
 async def ready(registry: RegistryDep, predictor: PredictorDep) -> Response:
     """200 when models are loaded and the database answers; 503 with the reasons otherwise.
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 
 import pytest
 
 from app.inference.manifest import ONNX_FILE, ModelManifest, file_sha256
 from tests.api.harness import make_settings, metric_value, serve
 from tests.model_factory import STANDARD_MODELS, write_model
+from tests.server_process import ibrnet_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -37,10 +39,35 @@ async def test_health_is_alive(client):
     assert response.json() == {"status": "ok"}
 
 
-async def test_health_and_ready_answer_head_probes(client):
-    for path in ("/health", "/ready"):
-        response = await client.head(path)
-        assert response.status_code == 200, path
+async def test_every_get_route_answers_head_with_get_s_status_and_headers(client):
+    # `curl -I /models` was a 405, and HEAD /screen a 405 saying "allow: POST".
+    for path in ("/health", "/ready", "/models", "/limits", "/screen", "/", "/openapi.json", "/metrics"):
+        got, head = await client.get(path), await client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if "content-length" in got.headers and path != "/metrics":  # metrics move between the calls
+            assert head.headers["content-length"] == got.headers["content-length"], path
+    missing = await client.head("/screen/nope")
+    assert missing.status_code == 404 and missing.content == b""
+    assert (await client.head("/predict")).status_code == 405  # POST only: no GET to mirror
+
+
+def test_head_through_a_real_server_sends_no_body(models_dir, tmp_path):
+    with ibrnet_serve(models_dir, f"sqlite:///{tmp_path / 'cache.db'}", tmp_path) as (base, _):
+        answer = raw_request(base, b"HEAD /models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head.lower() and body == b""
+
+
+def raw_request(base: str, request: bytes) -> bytes:
+    """Everything the server sends back before it closes the connection."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 async def test_ready_when_models_and_database_answer(client):
