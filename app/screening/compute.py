@@ -218,7 +218,8 @@ class ScreenModels:
             # rows of one sub-system share a reason: look each sub-system up once
             present = amounts > 0
             systems, row_system = np.unique(present, axis=0, return_inverse=True)
-            reasons = self.hull_errors([frozenset(np.array(encoder.elements)[system]) for system in systems])
+            elements = np.array(encoder.elements)
+            reasons = self.hull_errors([frozenset(elements[system]) for system in systems])
             hull_errors = [reasons[i] for i in row_system.ravel().tolist()]
         return ChunkResult(
             row_index=np.arange(first_row, first_row + len(amounts), dtype=np.int64),

@@ -4,8 +4,9 @@ Result tables have one fixed schema per set of properties, whatever the chunk: i
 row's position in the input), formula, composition, then ``<property>``,
 ``<property>_uncertainty`` and ``<property>_in_domain`` for each property (null where a model gives
 no uncertainty, records no training domain, or the formula was refused; e_above_hull's
-``p_stable`` and ``known``, a flag, come with neither), then the row's ``in_domain`` (inside every
-recorded domain), error_code and error_message; the same columns as /predict/batch's CSV.
+``p_stable`` and ``known``, a flag, come with neither, and ``e_above_hull_error`` says why a row has
+no e_above_hull), then the row's ``in_domain`` (inside every recorded domain), error_code and
+error_message.
 """
 
 from __future__ import annotations

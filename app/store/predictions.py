@@ -7,7 +7,8 @@ Lookups and saves are bulk operations, one statement (one round trip) per chunk 
 - SQLite: ``key IN (?, ...)`` and a multi-row ``INSERT ... VALUES (...), (...) ON CONFLICT DO
   NOTHING``, chunked to stay under SQLite's bound-variable limit.
 - PostgreSQL: the keys travel as arrays (``key = ANY(:keys)``, ``INSERT ... SELECT FROM
-  unnest(:keys, :values, :uncertainties) ON CONFLICT DO NOTHING``): four parameters whatever the
+  unnest(:keys, :values, :uncertainties) ON CONFLICT DO NOTHING``, wrapped so that it answers how
+  many rows were new): four parameters whatever the
   chunk size, so the 65,535-parameter limit never applies, and the statement text never changes,
   so it is compiled once. Measured on 10,000 rows it is 4x faster than a multi-row VALUES insert
   and uses a tenth of the client CPU (which the service's request threads share).
