@@ -13,6 +13,7 @@ from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.head import HeadAsGet
 from app.api.middleware import ServiceMiddleware
+from app.api.range_errors import RangeErrorsAsJson
 from app.collector import serving_collector
 from app.inference.metrics import ServiceMetrics
 from app.inference.service import Services
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
+    app.add_middleware(RangeErrorsAsJson)  # innermost: sees FileResponse's own answers
     app.add_middleware(HeadAsGet)  # innermost: the other middlewares see the request as sent
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
     # Added last, so it runs first: a refused key costs no body read (its answer is still counted,

@@ -45,3 +45,24 @@ async def test_the_page_and_every_asset_it_names_are_served_locally(client):
 async def test_the_page_is_not_in_the_api_schema(client):
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert "/" not in paths and "/vendor/plotly.min.js" not in paths and "/limits" in paths
+
+
+@pytest.mark.parametrize("path", ["/static/page.js", "/vendor/plotly.min.js"])
+async def test_a_bad_range_on_a_file_gets_a_json_error_and_a_good_one_its_bytes(client, path):
+    whole = (await client.get(path)).content
+    part = await client.get(path, headers={"range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole[:10]
+
+    malformed = await client.get(path, headers={"range": "pages=1-2"})
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "invalid_range"
+    assert malformed.json()["error"]["header"] == "range"
+
+    past_the_end = await client.get(path, headers={"range": f"bytes={len(whole) + 10}-"})
+    assert past_the_end.status_code == 416
+    error = past_the_end.json()["error"]
+    assert error["code"] == "range_not_satisfiable" and str(len(whole)) in error["message"]
+    assert past_the_end.headers["content-range"] == f"bytes */{len(whole)}"
+    # HEAD asks the same question and gets the same status, without the body.
+    head = await client.head(path, headers={"range": "pages=1-2"})
+    assert head.status_code == 400 and head.content == b""
