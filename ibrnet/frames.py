@@ -34,7 +34,8 @@ def results_frame(
     Columns: ``index`` (with ``index=True``: a screening row's input position), ``formula``,
     ``composition``, then for each property ``<property>`` and ``<property>_uncertainty`` (NaN for a
     model without one), ``<property>_low`` / ``<property>_high`` when the service sends intervals,
-    ``<property>_in_domain`` and ``<property>_domain_warning`` (its message) for a model that records
+    ``<property>_in_domain``, ``<property>_domain_code`` and ``<property>_domain_warning`` (why not:
+    its code and its message) for a model that records
     its training domain, any other field of its answers as ``<property>_<field>`` (e_above_hull's
     ``p_stable``, ``known``, ``decomposition``, ``reference_value`` and ``reference`` under those
     names), ``in_domain`` for screening rows (inside every screened model's
@@ -55,6 +56,7 @@ def results_frame(
     lows: dict[str, np.ndarray] = {}
     highs: dict[str, np.ndarray] = {}
     in_domain: dict[str, list[Any]] = {}  # property -> flag per row, for a model that records a domain
+    warning_codes: dict[str, list[Any]] = {}
     warnings: dict[str, list[Any]] = {}
     extras: dict[str, dict[str, list[Any]]] = {}  # property -> field -> column
     models: dict[str, dict[str, Any]] = {}
@@ -80,9 +82,9 @@ def results_frame(
             if answer.get("in_domain") is not None:
                 in_domain.setdefault(name, [None] * n)[row] = answer["in_domain"]
                 warning = answer.get("domain_warning")
-                warnings.setdefault(name, [None] * n)[row] = (
-                    warning.get("message") if isinstance(warning, Mapping) else None
-                )
+                warning = warning if isinstance(warning, Mapping) else {}
+                warning_codes.setdefault(name, [None] * n)[row] = warning.get("code")
+                warnings.setdefault(name, [None] * n)[row] = warning.get("message")
             for field, value in answer.items():
                 if field not in _SHAPED_FIELDS:
                     extras.setdefault(name, {}).setdefault(field, [None] * n)[row] = value
@@ -100,6 +102,7 @@ def results_frame(
             columns[f"{name}_high"] = highs[name]
         if name in in_domain:
             columns[f"{name}_in_domain"] = pd.array(in_domain[name], dtype="boolean")
+            columns[f"{name}_domain_code"] = pd.Series(warning_codes[name], dtype=object)
             columns[f"{name}_domain_warning"] = pd.Series(warnings[name], dtype=object)
         for field, column in sorted(extras.get(name, {}).items()):
             columns.setdefault(field if field in SERVICE_COLUMNS else f"{name}_{field}", column)

@@ -111,10 +111,11 @@ async def stream_ndjson(chunks: AsyncIterator[list[Result]]) -> AsyncIterator[by
 
 # Every property's columns (_low/_high: the prediction interval, at the level model.json records);
 # a stability answer adds its own after them.
-# _in_domain: inside the model's training domain (empty: not recorded); _domain_warning: why not.
+# _in_domain: inside the model's training domain (empty: not recorded); _domain_code and
+# _domain_warning: why not (the code a program tests, the message a person reads).
 _PROPERTY_COLUMNS = (
     *("", "_uncertainty", "_low", "_high", "_unit", "_model", "_version", "_cached"),
-    *("_in_domain", "_domain_warning"),
+    *("_in_domain", "_domain_code", "_domain_warning"),
 )
 _STABILITY_COLUMNS = (
     "p_stable",
@@ -154,6 +155,7 @@ def csv_row(result: Result, properties: Sequence[str]) -> list[Any]:
             p.version,
             "true" if p.cached else "false",
             "" if p.in_domain is None else ("true" if p.in_domain else "false"),
+            "" if p.domain_warning is None else p.domain_warning["code"],
             "" if p.domain_warning is None else p.domain_warning["message"],
         ]
         if isinstance(p, StabilityPrediction):

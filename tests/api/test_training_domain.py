@@ -127,6 +127,12 @@ async def test_answers_outside_the_domain_say_so_and_have_no_interval(models, tm
         frame = results_frame(batch.json()["results"])  # the Python client's DataFrame of these answers
         assert frame["band_gap_in_domain"].tolist() == [True, False, False, False]
         assert frame["band_gap_domain_warning"][1] == flags[1]["domain_warning"]["message"]
+        assert frame["band_gap_domain_code"].tolist() == [
+            None,
+            "rare_element",
+            "element_count",
+            "trace_element",
+        ]
         assert "volume_per_atom_in_domain" not in frame  # no domain recorded: no column
 
         as_csv = await client.post(
@@ -136,6 +142,7 @@ async def test_answers_outside_the_domain_say_so_and_have_no_interval(models, tm
         assert [row["band_gap_in_domain"] for row in rows] == ["true", "false"]
         assert rows[1]["band_gap_low"] == "" and rows[0]["band_gap_low"] != ""
         assert rows[1]["band_gap_domain_warning"] == gap["domain_warning"]["message"]
+        assert [row["band_gap_domain_code"] for row in rows] == ["", "element_count"]
         assert [row["volume_per_atom_in_domain"] for row in rows] == ["", ""]
         await flush_cache_writes(app)
 
