@@ -72,7 +72,7 @@ MAX_AMOUNT = 1e4
 
 # Canonical keys are integer formulas when the reduced formula unit has at most this many atoms
 # (i.e. the fractions times a common multiplier <= 1000 are integers within the tolerance below);
-# otherwise the key lists fractions with KEY_SIGNIFICANT_DIGITS digits.
+# otherwise the key lists the amounts relative to the largest, with KEY_SIGNIFICANT_DIGITS digits.
 MAX_KEY_ATOMS = 1000
 # Relative tolerance for "this fraction times the multiplier is an integer". Loose enough to absorb
 # decimals typed with 7+ digits (Fe0.3333333O0.6666667 -> FeO2), tight enough that distinct
@@ -223,8 +223,9 @@ def canonical_key(elements: Sequence[str], amounts: Sequence[float]) -> str:
 
     Elements in ``Composition.formula`` order (electronegativity, then symbol); amounts are the
     smallest integers proportional to the fractions when the reduced formula unit has at most
-    MAX_KEY_ATOMS atoms (an amount of 1 is omitted: "LiFePO4"), else the fractions themselves
-    with KEY_SIGNIFICANT_DIGITS significant digits ("Fe0.999001O0.000999001").
+    MAX_KEY_ATOMS atoms (an amount of 1 is omitted: "LiFePO4"), else the amounts
+    relative to the largest with KEY_SIGNIFICANT_DIGITS significant digits ("FeO0.001" for Fe1000O;
+    see ``_written``). Every key reads back as itself.
     """
     merged: dict[str, float] = {}
     for symbol, amount in zip(elements, amounts, strict=True):
@@ -241,9 +242,31 @@ def canonical_key(elements: Sequence[str], amounts: Sequence[float]) -> str:
 def _key(elements: tuple[str, ...], amounts: tuple[float, ...], fractions: tuple[float, ...]) -> str:
     order = sorted(range(len(elements)), key=lambda i: _KEY_RANK[elements[i]])
     integers = _integer_amounts(amounts, fractions)
+    written: tuple[str, ...] = ()
+    if integers is None:
+        written = tuple("" if text == "1" else text for text in _written(amounts))
+        # A key must read back as itself, and rounding can put the written amounts within the
+        # integer tolerance (FeO0.5778793 is written FeO0.577879, which reads as Fe443O256):
+        # then the key is that integer formula.
+        values = tuple(float(text or "1") for text in written)
+        total = math.fsum(values)
+        integers = _integer_amounts(values, tuple(value / total for value in values))
     if integers is not None:
-        return "".join(elements[i] if integers[i] == 1 else f"{elements[i]}{integers[i]}" for i in order)
-    return "".join(f"{elements[i]}{_significant(fractions[i])}" for i in order)
+        written = tuple("" if n == 1 else str(n) for n in integers)
+    return "".join(f"{elements[i]}{written[i]}" for i in order)
+
+
+def _written(amounts: tuple[float, ...]) -> tuple[str, ...]:
+    """The amounts of a key that is not an integer formula: relative to the largest, which is 1
+    and not written ("FeO0.367879"), with KEY_SIGNIFICANT_DIGITS digits. If that puts one below
+    MIN_AMOUNT, which would be refused when read back, the smallest is MIN_AMOUNT instead (the
+    largest then stays within MAX_AMOUNT, since every amount is bounded): "Fe10000Si0.0001".
+    Either way the writing reads back as itself (the anchor is written exactly)."""
+    scale = 1.0 / max(amounts)
+    smallest = min(amounts)
+    if smallest * scale < MIN_AMOUNT:
+        scale = MIN_AMOUNT / smallest
+    return tuple(_significant(amount * scale) for amount in amounts)
 
 
 def _integer_amounts(amounts: tuple[float, ...], fractions: tuple[float, ...]) -> tuple[int, ...] | None:
@@ -294,7 +317,7 @@ def _denominator(fraction: float) -> int | None:
 
 
 def _significant(value: float) -> str:
-    """``value`` (0 < value < 1) positional, KEY_SIGNIFICANT_DIGITS significant digits, trimmed."""
+    """``value`` (> 0) positional, KEY_SIGNIFICANT_DIGITS significant digits, trimmed."""
     decimals = KEY_SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(value))
     return f"{value:.{max(decimals, 0)}f}".rstrip("0").rstrip(".")
 

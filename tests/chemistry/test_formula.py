@@ -84,7 +84,7 @@ GOOD = [
     ("Fe0.5H2O", {"Fe": 0.5, "H": 2, "O": 1}, "FeH4O2"),  # ... unless the amount before it is 0
     ("Fe0.3333333O0.6666667", {"Fe": 0.3333333, "O": 0.6666667}, "FeO2"),
     ("Mo368O1032", {"Mo": 368, "O": 1032}, "Mo46O129"),
-    ("Fe1000O1", {"Fe": 1000, "O": 1}, "Fe0.999001O0.000999001"),
+    ("Fe1000O1", {"Fe": 1000, "O": 1}, "FeO0.001"),
     ("O2", {"O": 2}, "O"),
     ("HeO", {"He": 1, "O": 1}, "OHe"),  # real element: accepted when no domain is given
 ]
@@ -110,6 +110,20 @@ def test_agrees_with_pymatgen_where_pymatgen_reads_the_same(text: str) -> None:
 def test_the_key_reparses_to_itself() -> None:
     for text, _, key in GOOD:
         assert parse_formula(key).canonical_key == key, text
+
+
+def test_keys_of_any_amounts_read_back_as_themselves() -> None:
+    # Written relative to the largest, Si would be 0.00000001, refused when read back.
+    assert parse_formula("Fe10000Si0.0001").canonical_key == "Fe10000Si0.0001"
+    assert parse_formula("(Fe100)100Si0.0001").canonical_key == "Fe10000Si0.0001"
+    rng = random.Random(0)
+    for _ in range(2_000):
+        elements = rng.sample(["Fe", "Si", "O", "Li", "Ni", "Mn", "P"], rng.randint(2, 5))
+        amounts = {e: 10 ** rng.uniform(-4, 4) for e in elements}
+        parsed = formula_from_amounts(amounts, EF_ELEMENT_SET)
+        again = parse_formula(parsed.canonical_key)  # refused, if a written amount left the bounds
+        assert again.canonical_key == parsed.canonical_key, amounts
+        assert again.fractions == pytest.approx(parsed.fractions, rel=1e-5)
 
 
 # --- refused -------------------------------------------------------------------------------------
@@ -249,9 +263,11 @@ def test_formula_from_amounts_refuses_like_parse_formula(amounts: dict, code: st
         (["Fe", "O"], [2, 3], "Fe2O3"),
         (["O", "Fe"], [0.6, 0.4], "Fe2O3"),
         (["O", "P", "Fe", "Li"], [4, 1, 1, 1], "LiFePO4"),
-        (["Fe", "O"], [1000 / 1001, 1 / 1001], "Fe0.999001O0.000999001"),  # same fractions as Fe1000O1
+        (["Fe", "O"], [1000 / 1001, 1 / 1001], "FeO0.001"),  # same fractions as Fe1000O1
         (["Fe", "O"], [999, 1], "Fe999O"),  # 1000 atoms: still an integer formula
-        (["Fe", "O"], [math.e, 1], "Fe0.731059O0.268941"),
+        (["Fe", "O"], [math.e, 1], "FeO0.367879"),
+        (["Fe", "O"], [1, 0.5778793], "Fe443O256"),  # FeO0.577879, as written, reads as Fe443O256
+        (["Fe", "Si"], [10000, 0.0001], "Fe10000Si0.0001"),  # FeSi0.00000001 would be refused
         (["Fe", "O"], [math.pi, 1], "Fe355O113"),  # pi = 355/113 within the 1e-6 tolerance
         (["Cl", "Na"], [1, 1], "NaCl"),
         (["D", "H", "O"], [1, 1, 1], "H2O"),
