@@ -231,5 +231,8 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON (invalid_json)"},
     413: {"model": ErrorResponse, "description": "Body too large (payload_too_large) or too many items"},
-    422: {"model": ErrorResponse, "description": "Invalid request, formula or property"},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid request, formula or property, or a JSON key named twice (duplicate_key)",
+    },
 }

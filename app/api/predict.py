@@ -25,6 +25,7 @@ from app.api.formats import (
     stream_csv,
     stream_ndjson,
 )
+from app.api.unique_keys import refuse_duplicate_keys
 from app.errors import UnsupportedMediaTypeError
 from app.inference.predictor import Predictor, Result
 from app.schemas import (
@@ -77,7 +78,7 @@ async def read_body(request: Request, model: type[_Body], context: dict[str, Any
     if not raw.strip():
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
-        return await off_the_loop_if_large(len(raw), model.model_validate_json, raw, context=context)
+        return await off_the_loop_if_large(len(raw), _validated_json, model, raw, context)
     except ValidationError as error:
         problems = error.errors(include_url=False, include_input=False)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -91,6 +92,11 @@ async def read_body(request: Request, model: type[_Body], context: dict[str, Any
                 got=media_type,
             ) from None
         raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems]) from None
+
+
+def _validated_json(model: type[_Body], raw: bytes, context: dict[str, Any] | None) -> _Body:
+    refuse_duplicate_keys(raw)  # pydantic keeps the last of two equal keys without a word
+    return model.model_validate_json(raw, context=context)
 
 
 @router.post(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +29,7 @@ from app.api.blocking import off_the_loop_if_large
 from app.api.formats import dumps, json_response, preferred
 from app.api.hull_answers import HullAnswers
 from app.api.spreadsheet import defused_table
+from app.api.unique_keys import loads_unique
 from app.errors import DomainError, NotFoundError, PayloadTooLargeError
 from app.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from app.screening.compute import HULL_ERROR, IN_DOMAIN, OUTSIDE
@@ -400,21 +400,12 @@ async def _read_submission(request: Request, max_rows: int) -> tuple[ScreenReque
 
 def _validated_json(raw: bytes) -> ScreenRequest:
     try:
-        body = _loads(raw)
+        body = loads_unique(raw)
     except ValueError as error:
         # The same 400 invalid_json answer as /predict (app/api/errors.py).
         problem = {"type": "json_invalid", "loc": ("body",), "ctx": {"error": str(error)}}
         raise RequestValidationError([{**problem, "msg": "JSON decode error"}]) from None
     return _validated(body)
-
-
-def _loads(raw: bytes | str) -> Any:
-    """json.loads with every way a document can be unreadable as a ValueError: malformed, not
-    UTF-8, an integer of more than 4300 digits, or nested past the recursion limit."""
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 async def _read_upload(request: Request, max_rows: int) -> tuple[ScreenRequest, list[str]]:
@@ -425,7 +416,7 @@ async def _read_upload(request: Request, max_rows: int) -> tuple[ScreenRequest, 
             "missing_file", "a multipart screen needs a 'file' field with a CSV or Parquet file"
         )
     try:
-        options = _loads(str(form.get("options") or "{}"))
+        options = loads_unique(str(form.get("options") or "{}"))
     except ValueError as error:
         raise DomainError("invalid_options", f"'options' is not a JSON object: {error}") from None
     if not isinstance(options, dict) or "formulas" in options or "chemsys" in options:

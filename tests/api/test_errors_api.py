@@ -227,3 +227,32 @@ async def test_an_error_body_echoes_a_bounded_part_of_what_was_sent(settings, tm
         error = assert_error_body(wide, 422, "missing_column", "c0")
         assert len(wide.content) < 10_000
         assert error["columns"][:2] == ["c0", "c1"] and error["columns"][-1] == "… 49,900 more"
+
+
+async def test_a_key_named_twice_is_refused_not_read_as_its_last_value(client):
+    json_type = {"content-type": "application/json"}
+    twice = await client.post(
+        "/predict", content=b'{"formula": "NaCl", "formula": "Fe2O3"}', headers=json_type
+    )
+    error = assert_error_body(twice, 422, "duplicate_key", "'formula'")
+    assert error["key"] == "formula"
+    batch = b'{"formulas": ["NaCl"], "properties": ["band_gap"], "properties": ["volume_per_atom"]}'
+    assert_error_body(
+        await client.post("/predict/batch", content=batch, headers=json_type), 422, "duplicate_key"
+    )
+    # A screen whose filters were written twice kept only the second; nested objects count too.
+    screen = b'{"formulas": ["NaCl"], "filters": {"band_gap": {"min": 1}, "band_gap": {"max": 0.5}}}'
+    error = assert_error_body(
+        await client.post("/screen", content=screen, headers=json_type), 422, "duplicate_key"
+    )
+    assert error["key"] == "band_gap"
+    options = '{"sort_by": "band_gap", "sort_by": "volume_per_atom"}'
+    upload = await client.post(
+        "/screen", files={"file": ("x.csv", "formula\nNaCl\n", "text/csv")}, data={"options": options}
+    )
+    assert_error_body(upload, 422, "duplicate_key", "'sort_by'")
+    # Equal values in different objects are no duplicate, and one key once is answered.
+    fine = await client.post(
+        "/predict", content=b'{"formula": "NaCl", "properties": ["band_gap"]}', headers=json_type
+    )
+    assert fine.status_code == 200, fine.text
